@@ -1,0 +1,95 @@
+"""The contract every judge backend speaks (TGI ``/generate``, OpenAI-compatible chat,
+in-process transformers). Method modules (RLHN, ARHN, CLEAR) build ``GenerateRequest`` /
+``ScoreRequest`` objects and never see HTTP; backends turn them into one attempt each and
+raise ``EndpointError`` on failure. Retries, concurrency and the durable store live in
+``builders.annotate``, not here.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """Constrained decoding: a regex or a JSON schema. Each backend maps it to what its
+    server offers (TGI ``grammar``, OpenAI-style ``response_format``, a local logits
+    processor) and says so in ``Backend.supports_constraint``."""
+
+    kind: Literal["regex", "json"]
+    value: str | dict
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    messages: tuple[dict, ...]  # chat messages: ({"role": "system"|"user"|"assistant", "content": str}, ...)
+    max_new_tokens: int = 1024
+    temperature: float = 0.1
+    seed: int | None = 0
+    constraint: Constraint | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Log-probabilities of a GIVEN continuation (CLEAR's answer tokens) after a prompt.
+    ``messages`` render the prompt with the model's chat template; the assistant turn starts
+    with ``continuation``."""
+
+    messages: tuple[dict, ...]
+    continuation: str
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: str  # "stop" | "length" | "eos_token" | ... as the server says
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    meta: dict = field(default_factory=dict)  # e.g. TGI x-queue-time, endpoint url
+
+
+@dataclass
+class TokenScore:
+    text: str
+    logprob: float
+    start: int  # character offsets of the token inside ``continuation``
+    end: int
+
+
+ErrorKind = Literal["overloaded", "validation", "server", "timeout", "connection", "protocol"]
+
+
+class EndpointError(Exception):
+    """One failed attempt. ``retryable`` follows TGI's error contract: 429 overloaded and
+    424/500/502/503/504, timeouts and dropped connections are retried with backoff; 422
+    validation (and anything the server will answer the same way again) is not."""
+
+    def __init__(self, kind: ErrorKind, message: str, status: int | None = None, retryable: bool | None = None):
+        super().__init__(f"{kind} ({status}): {message}" if status else f"{kind}: {message}")
+        self.kind = kind
+        self.status = status
+        self.message = message
+        self.retryable = retryable if retryable is not None else kind in ("overloaded", "server", "timeout", "connection")
+
+
+class Backend(abc.ABC):
+    """One endpoint (or one local model). ``model_id`` is what the judgment store records."""
+
+    model_id: str
+    supports_constraint: frozenset[str] = frozenset()  # subset of {"regex", "json"}
+
+    @abc.abstractmethod
+    async def generate(self, request: GenerateRequest) -> Generation: ...
+
+    async def score(self, request: ScoreRequest) -> list[TokenScore]:
+        raise EndpointError("validation", f"{type(self).__name__} cannot score given continuations", retryable=False)
+
+    def count_tokens(self, text: str) -> int | None:
+        """Prompt-size estimate for ``--dry-run``; None when the backend has no tokenizer."""
+        return None
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        pass
