@@ -1,0 +1,225 @@
+"""Push a built dataset folder to the Hub as one commit, tagged with its version.
+
+The folder is the builder's output in the Hub layout: `<config>/train-XXXXX-of-YYYYY.parquet` per
+config, a `README.md` whose YAML front matter lists the `configs:`, its card holding a changelog
+between `<!-- hardneg:changelog:start -->` and `<!-- hardneg:changelog:end -->`, and the build
+report `hardneg_build.json` (source id and revision, judges, rows per config; when it is missing
+the rows are counted from the parquet files).
+
+What a push does, in order (nothing is uploaded before the checks pass):
+1. token (argument / HF_TOKEN / HF login), version format, folder layout and row counts;
+2. the version's tag must not exist on the repo (tags are never overwritten);
+3. create the repo if needed, read the head of `revision` and the card there;
+4. merge the changelog: the entries already on the Hub are kept, this version's entry goes on top;
+5. one commit: every file of the folder, the merged card, and the deletion of parquet shards of the
+   pushed configs that this build no longer has (a re-sharded config leaves no stale shards);
+6. tag the commit with the version, so `load_dataset(repo, config, revision="v1.1")` reads exactly it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import yaml
+from huggingface_hub import HfApi
+
+from builders.hub import (
+    LARGE_UPLOAD_BYTES,
+    HubPushError,
+    PushResult,
+    assert_no_token,
+    check_version,
+    commit_and_tag,
+    ensure_tag_free,
+    local_files,
+    prepare_repo,
+    read_remote_text,
+    remote_files,
+    resolve_token,
+    upload_resumable,
+)
+
+logger = logging.getLogger(__name__)
+
+CHANGELOG_START = "<!-- hardneg:changelog:start -->"
+CHANGELOG_END = "<!-- hardneg:changelog:end -->"
+BUILD_REPORT = "hardneg_build.json"
+
+
+@dataclass
+class BuildReport:
+    """What the changelog says about a build. Read from `hardneg_build.json` when present:
+    `{"source": {"id", "revision"}, "judges": [...] | {name: model}, "rows": {config: n}}`
+    (`source_id` / `source_revision` / `counts` are read too)."""
+
+    source_id: str | None = None
+    source_revision: str | None = None
+    judges: list[str] = field(default_factory=list)
+    rows: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: Path) -> BuildReport:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise HubPushError(f"{path} is not valid JSON ({err}); fix or regenerate the build report.") from err
+        source = data.get("source") or {}
+        if isinstance(source, str):
+            source = {"id": source}
+        judges = data.get("judges") or []
+        if isinstance(judges, dict):
+            judges = [f"{name}: {model}" for name, model in judges.items()]
+        rows = data.get("rows") or data.get("counts") or {}
+        return cls(
+            source_id=source.get("id") or data.get("source_id"),
+            source_revision=source.get("revision") or data.get("source_revision"),
+            judges=[str(j) for j in judges],
+            rows={str(k): int(v) for k, v in rows.items()},
+        )
+
+
+def read_card_configs(readme: Path) -> dict[str, list[str]]:
+    """config name -> data file patterns, from the card's YAML `configs:`."""
+    text = readme.read_text(encoding="utf-8")
+    if not text.startswith("---"):
+        raise HubPushError(f"{readme} has no YAML front matter; the builder writes `configs:` there.")
+    meta = yaml.safe_load(text.split("\n---", 1)[0][3:]) or {}
+    configs = meta.get("configs")
+    if not configs:
+        raise HubPushError(f"{readme} lists no `configs:` in its YAML front matter; nothing says what to load.")
+    out: dict[str, list[str]] = {}
+    for entry in configs:
+        data_files = entry.get("data_files") or []
+        if isinstance(data_files, str):
+            data_files = [data_files]
+        out[entry["config_name"]] = [d if isinstance(d, str) else d["path"] for d in data_files]
+    return out
+
+
+def config_files(configs: dict[str, list[str]], paths: list[str]) -> dict[str, list[str]]:
+    """For each config, the paths (of `paths`) its data_files patterns match."""
+    return {
+        name: sorted(p for p in paths if any(fnmatch.fnmatchcase(p, pattern) for pattern in patterns))
+        for name, patterns in configs.items()
+    }
+
+
+def count_rows(folder: Path, files_per_config: dict[str, list[str]], report: BuildReport) -> dict[str, int]:
+    """Rows per config from the parquet footers, checked against the build report."""
+    counts = {}
+    for name, files in files_per_config.items():
+        if not files:
+            raise HubPushError(f"Config {name!r} of {folder / 'README.md'} matches no file in {folder}; rebuild it.")
+        counts[name] = sum(pq.ParquetFile(folder / f).metadata.num_rows for f in files if f.endswith(".parquet"))
+        if name in report.rows and report.rows[name] != counts[name]:
+            raise HubPushError(
+                f"{folder / BUILD_REPORT} says config {name!r} has {report.rows[name]} rows but its parquet files "
+                f"hold {counts[name]}; the folder and its report disagree, rebuild before pushing."
+            )
+    return counts
+
+
+def changelog_entry(version: str | None, report: BuildReport, counts: dict[str, int], when: datetime) -> str:
+    title = f"### {version} ({when:%Y-%m-%d})" if version else f"### untagged build ({when:%Y-%m-%d %H:%M} UTC)"
+    source = f"`{report.source_id or 'unknown'}`"
+    if report.source_revision:
+        source += f" @ `{report.source_revision}`"
+    rows = ", ".join(f"`{name}` {n:,}" for name, n in counts.items())
+    return "\n".join(
+        [title, f"- source: {source}", f"- judges: {', '.join(report.judges) or 'none recorded'}", f"- rows: {rows}"]
+    )
+
+
+def changelog_entries(card: str | None) -> list[str]:
+    """The `### ...` entries between the changelog markers of a card (none if no markers)."""
+    if not card or CHANGELOG_START not in card or CHANGELOG_END not in card:
+        return []
+    body = card.split(CHANGELOG_START, 1)[1].split(CHANGELOG_END, 1)[0]
+    entries = ["### " + chunk.strip() for chunk in ("\n" + body).split("\n### ")[1:]]
+    return [e for e in entries if e.strip() != "###"]
+
+
+def merge_changelog(local_card: str, remote_card: str | None, entry: str) -> str:
+    """The local card with its changelog = this entry, then every earlier entry (Hub's first)."""
+    seen, entries = set(), []
+    for candidate in [entry, *changelog_entries(remote_card), *changelog_entries(local_card)]:
+        heading = candidate.splitlines()[0]
+        if heading not in seen:
+            seen.add(heading)
+            entries.append(candidate)
+    block = f"{CHANGELOG_START}\n" + "\n\n".join(entries) + f"\n{CHANGELOG_END}"
+    if CHANGELOG_START in local_card and CHANGELOG_END in local_card:
+        before = local_card.split(CHANGELOG_START, 1)[0]
+        after = local_card.split(CHANGELOG_END, 1)[1]
+        return before + block + after
+    return local_card.rstrip("\n") + "\n\n## Changelog\n\n" + block + "\n"
+
+
+def push_dataset(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    version: str | None = None,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+    revision: str = "main",
+    large_upload_bytes: int = LARGE_UPLOAD_BYTES,
+) -> PushResult:
+    """Push the dataset folder to `repo_id` (a dataset repo) as one commit; tag it `version`."""
+    folder = Path(folder)
+    readme = folder / "README.md"
+    if not readme.is_file():
+        raise HubPushError(f"{folder} has no README.md; push the builder's output folder.")
+    token = resolve_token(token)
+    check_version(version)
+    configs = read_card_configs(readme)
+    files = local_files(folder)
+    report_path = folder / BUILD_REPORT
+    report = BuildReport.read(report_path) if report_path.is_file() else BuildReport()
+    data_per_config = config_files(configs, list(files))
+    counts = count_rows(folder, data_per_config, report)
+
+    api = HfApi(token=token)
+    ensure_tag_free(api, repo_id, "dataset", version)
+    head = prepare_repo(api, repo_id, "dataset", private, revision)
+    on_hub = remote_files(api, repo_id, "dataset", head)
+    stale = [p for paths in config_files(configs, on_hub).values() for p in paths if p not in files]
+
+    remote_card = read_remote_text(api, repo_id, "dataset", "README.md", head) if "README.md" in on_hub else None
+    entry = changelog_entry(version, report, counts, datetime.now(timezone.utc))
+    card = merge_changelog(readme.read_text(encoding="utf-8"), remote_card, entry)
+    upload: dict[str, Path | bytes] = {**files, "README.md": card.encode("utf-8")}
+    assert_no_token(upload, token)
+
+    message = commit_message or f"hardneg build {version or '(untagged)'}: " + ", ".join(
+        f"{name} {n} rows" for name, n in counts.items()
+    )
+    data_paths = sorted({p for paths in data_per_config.values() for p in paths})
+    large = sum(files[p].stat().st_size for p in data_paths) > large_upload_bytes
+    if large:
+        logger.info("Large build: uploading %d data files of %s resumably first", len(data_paths), folder)
+        head = upload_resumable(
+            api, repo_id, "dataset", folder, data_paths, message=message, revision=revision, parent_commit=head
+        )
+        upload = {p: src for p, src in upload.items() if p not in data_paths}
+    result = commit_and_tag(
+        api,
+        repo_id,
+        "dataset",
+        files=upload,
+        deletions=stale,
+        message=message,
+        revision=revision,
+        parent_commit=head,
+        version=version,
+    )
+    if large:
+        result.uploaded = sorted({*result.uploaded, *data_paths})
+    return result
