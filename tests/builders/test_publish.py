@@ -145,3 +145,25 @@ def test_branch_push_and_large_folder_path(hub, tmp_path):
     local = sorted(f"rlhn/{p.name}" for p in (tmp_path / "b2" / "rlhn").glob("*.parquet"))
     assert [p for p in tagged if p.startswith("rlhn/")] == local and len(local) > 1
     assert [e.splitlines()[0].split(" (")[0] for e in changelog_entries(_card(api, "v1.1"))] == ["### v1.1", "### v1.0"]
+
+
+def test_large_push_resumes_after_an_interrupted_upload(hub, tmp_path):
+    """Re-running a big push after an interruption sends only the data files the Hub lacks."""
+    make_dataset_folder(tmp_path / "b", {"rlhn": 12}, max_shard_size="3KB")
+    shards = sorted(p.name for p in (tmp_path / "b" / "rlhn").glob("*.parquet"))
+    assert len(shards) >= 3
+    api = HfApi()
+    api.create_repo(REPO, repo_type="dataset")
+    done = shards[: len(shards) // 2]  # what the interrupted run got onto the Hub
+    api.upload_folder(
+        repo_id=REPO, repo_type="dataset", folder_path=tmp_path / "b", allow_patterns=[f"rlhn/{n}" for n in done],
+        commit_message="interrupted run (data files)",
+    )
+    result = push_dataset(tmp_path / "b", REPO, version="v1.0", large_upload_bytes=1)
+    repo = hub.storage.get("dataset", REPO)
+    data_commit, before = repo.history(result.commit_sha)[1:3]
+    sent = sorted(p for p, blob in data_commit.files.items() if before.files.get(p) != blob)
+    assert sent == [f"rlhn/{n}" for n in shards[len(shards) // 2 :]]
+    assert sorted(p for p in api.list_repo_files(REPO, repo_type="dataset", revision="v1.0") if p.startswith("rlhn/")) == [
+        f"rlhn/{n}" for n in shards
+    ]

@@ -172,3 +172,22 @@ def test_upload_folder(hub, api, tmp_path):
     again = api.upload_folder(repo_id="org/up", folder_path=folder, commit_message="again", delete_patterns="sub/*")
     assert api.list_repo_files("org/up", revision=again.oid) == [".gitattributes", "b.txt", "sub/a.txt"]
     assert open(hf_hub_download("org/up", "b.txt", cache_dir=tmp_path / "c"), "rb").read() == b"b2"
+
+
+def test_fresh_process_only_needs_hf_endpoint(hub, api, tmp_path):
+    """Outside this process, setting HF_ENDPOINT (+ HF_HUB_OFFLINE=0) before the import is enough."""
+    import os
+    import subprocess
+    import sys
+
+    api.create_repo("org/env", repo_type="dataset", private=True)
+    api.create_commit("org/env", [_add("hello.txt", b"from the stand-in")], commit_message="c", repo_type="dataset")
+    assert os.environ["HF_ENDPOINT"] == hub.url and os.environ["HF_HUB_OFFLINE"] == "0"  # set by hub_stand_in
+    script = (
+        "from huggingface_hub import hf_hub_download\n"
+        "print(open(hf_hub_download('org/env', 'hello.txt', repo_type='dataset'), encoding='utf-8').read())\n"
+    )
+    env = {**os.environ, "HF_TOKEN": hub.token, "HF_HUB_CACHE": str(tmp_path / "sub-cache")}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "from the stand-in"
