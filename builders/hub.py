@@ -194,7 +194,15 @@ def commit_and_tag(
 
 
 def upload_resumable(
-    api: HfApi, repo_id: str, repo_type: str, folder: Path, paths: list[str], *, message: str, revision: str, parent_commit: str
+    api: HfApi,
+    repo_id: str,
+    repo_type: str,
+    folder: Path,
+    paths: list[str],
+    *,
+    message: str,
+    revision: str,
+    parent_commit: str,
 ) -> str:
     """Upload `paths` of a big folder with `upload_folder`'s streamed multi-commit upload.
 

@@ -96,9 +96,15 @@ def read_card_configs(readme: Path) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for entry in configs:
         data_files = entry.get("data_files") or []
-        if isinstance(data_files, str):
+        if isinstance(data_files, (str, dict)):
             data_files = [data_files]
-        out[entry["config_name"]] = [d if isinstance(d, str) else d["path"] for d in data_files]
+        patterns: list[str] = []
+        for item in data_files:  # "pattern" | {split, path: pattern | [patterns]}
+            paths = item if isinstance(item, str) else item["path"]
+            patterns += [paths] if isinstance(paths, str) else list(paths)
+        if not patterns:
+            raise HubPushError(f"Config {entry['config_name']!r} in {readme} has no data_files.")
+        out[entry["config_name"]] = patterns
     return out
 
 

@@ -30,8 +30,24 @@ def _storage_digest(hub) -> dict[str, str]:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in hub.storage.files()}
 
 
-def test_dataset_and_model_round_trip(tmp_path, monkeypatch, caplog, capsys):
+@pytest.fixture
+def debug_logs(monkeypatch, caplog):
+    """Everything at DEBUG into caplog, huggingface_hub's request dumps (HF_DEBUG) included."""
+    import datasets
+    import huggingface_hub.constants
+    from huggingface_hub.utils import logging as hf_logging
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_DEBUG", True)
+    previous = hf_logging.get_verbosity(), datasets.logging.get_verbosity()
+    hf_logging.set_verbosity_debug()
+    datasets.logging.set_verbosity_debug()
     caplog.set_level(logging.DEBUG)
+    yield caplog
+    hf_logging.set_verbosity(previous[0])
+    datasets.logging.set_verbosity(previous[1])
+
+
+def test_dataset_and_model_round_trip(tmp_path, monkeypatch, debug_logs, capsys):
     with hub_stand_in(tmp_path) as hub:
         monkeypatch.setenv("HF_TOKEN", hub.token)
 
@@ -99,4 +115,5 @@ def test_dataset_and_model_round_trip(tmp_path, monkeypatch, caplog, capsys):
         leaked = [str(p) for p in hub.storage.files() if token in p.read_bytes()]
         assert leaked == []
         captured = capsys.readouterr()
-        assert hub.token not in caplog.text + captured.out + captured.err
+        assert "Authorization" in debug_logs.text or "authorization" in debug_logs.text  # the dumps were on
+        assert hub.token not in debug_logs.text + captured.out + captured.err

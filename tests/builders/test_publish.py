@@ -167,3 +167,18 @@ def test_large_push_resumes_after_an_interrupted_upload(hub, tmp_path):
     assert sorted(p for p in api.list_repo_files(REPO, repo_type="dataset", revision="v1.0") if p.startswith("rlhn/")) == [
         f"rlhn/{n}" for n in shards
     ]
+
+
+def test_card_configs_in_every_data_files_form(tmp_path):
+    from builders.publish import read_card_configs
+
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "---\nconfigs:\n- config_name: a\n  data_files: a/*.parquet\n"
+        "- config_name: b\n  data_files:\n  - split: train\n    path: [b/x-*.parquet, b/y-*.parquet]\n"
+        "- config_name: c\n  data_files:\n  - split: train\n    path: c/*.parquet\n---\n"
+    )
+    assert read_card_configs(readme) == {"a": ["a/*.parquet"], "b": ["b/x-*.parquet", "b/y-*.parquet"], "c": ["c/*.parquet"]}
+    readme.write_text("# no front matter\n")
+    with pytest.raises(HubPushError, match="no YAML front matter"):
+        read_card_configs(readme)
