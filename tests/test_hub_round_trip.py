@@ -74,12 +74,14 @@ def test_dataset_and_model_round_trip(tmp_path, monkeypatch, debug_logs, capsys)
         assert shards_v11 == ["rlhn/train-00000-of-00001.parquet"], "stale shards of v1.0 survived in v1.1"
 
         # The card's changelog lists both versions, newest first, with their counts and sources.
-        card = (tmp_path / "card.md")
-        card.write_bytes(open(api.hf_hub_download(DATASET, "README.md", repo_type="dataset", revision="v1.1"), "rb").read())
-        changelog = card.read_text().split("<!-- hardneg:changelog:start -->")[1].split("<!-- hardneg:changelog:end -->")[0]
+        card_path = api.hf_hub_download(DATASET, "README.md", repo_type="dataset", revision="v1.1")
+        card = open(card_path, encoding="utf-8").read()
+        changelog = card.split("<!-- hardneg:changelog:start -->")[1].split("<!-- hardneg:changelog:end -->")[0]
         assert changelog.index("### v1.1") < changelog.index("### v1.0")
         assert "`rlhn` 9, `default` 10" in changelog and "`rlhn` 12, `default` 7" in changelog
         assert "`4567def`" in changelog and "`0123abc`" in changelog and "gpt-4o-mini" in changelog
+        card_v10 = open(api.hf_hub_download(DATASET, "README.md", repo_type="dataset", revision="v1.0"), encoding="utf-8").read()
+        assert "### v1.0" in card_v10 and "### v1.1" not in card_v10
 
         # Pushing an existing tag fails before uploading anything and changes nothing.
         make_dataset_folder(tmp_path / "build3", {"rlhn": 3, "default": 3})
