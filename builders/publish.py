@@ -191,6 +191,7 @@ def push_dataset(
     report = BuildReport.read(report_path) if report_path.is_file() else BuildReport()
     data_per_config = config_files(configs, list(files))
     counts = count_rows(folder, data_per_config, report)
+    assert_no_token(files, token)  # before anything reaches the Hub
 
     api = HfApi(token=token)
     ensure_tag_free(api, repo_id, "dataset", version)
@@ -202,7 +203,7 @@ def push_dataset(
     entry = changelog_entry(version, report, counts, datetime.now(timezone.utc))
     card = merge_changelog(readme.read_text(encoding="utf-8"), remote_card, entry)
     upload: dict[str, Path | bytes] = {**files, "README.md": card.encode("utf-8")}
-    assert_no_token(upload, token)
+    assert_no_token({"README.md": upload["README.md"]}, token)  # the merged card, too
 
     message = commit_message or f"hardneg build {version or '(untagged)'}: " + ", ".join(
         f"{name} {n} rows" for name, n in counts.items()

@@ -109,9 +109,11 @@ def test_token_rules(hub, tmp_path, monkeypatch):
         push_dataset(tmp_path / "b", REPO)
     assert push_dataset(tmp_path / "b", REPO, token=hub.token).commit_sha  # the argument works alone
     (tmp_path / "b" / "notes.md").write_text(f"debug: token={hub.token}\n")
+    requests_before = len(hub.requests)
     with pytest.raises(HubPushError, match="notes.md contains your Hugging Face token") as err:
         push_dataset(tmp_path / "b", REPO, token=hub.token, version="v1.0")
     assert hub.token not in str(err.value)
+    assert hub.requests[requests_before:] == [], "a leaky folder is refused before any request"
 
 
 def test_bad_inputs_fail_clearly(hub, tmp_path):
