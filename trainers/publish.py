@@ -1,17 +1,18 @@
 """Push a trained model folder to the Hub as one commit, tagged with its version.
 
 The trainers save a sentence-transformers folder with its generated `README.md` card and the
-`training_config.yaml` of the run. For LoRA runs they save two variants beside it, `merged/`
-(the adapter folded into the base weights, a full sentence-transformers folder) and `adapter/`
-(the PEFT adapter alone). On the Hub the merged weights sit at the repo root, so
-`SentenceTransformer("org/model")` loads them, and the adapter goes under `adapter/`:
+`training_config.yaml` of the run. For LoRA runs there is also the PEFT adapter alone, in
+`adapter/`, and the merged weights (adapter folded into the base) either at the folder root (what
+`trainers/embedder.py` and `trainers/reranker.py` write) or in a `merged/` subfolder. On the Hub
+the merged weights sit at the repo root, so `SentenceTransformer("org/model")` loads them, and
+the adapter goes under `adapter/`:
 
-    model_dir/README.md, training_config.yaml       -> README.md, training_config.yaml
-    model_dir/merged/**                             -> ** (repo root)
-    model_dir/adapter/**                            -> adapter/**
-    model_dir/** (no merged/: a full fine-tune)     -> ** (repo root)
+    model_dir/** (merged or full weights at the root, adapter/ beside) -> ** as is
+    model_dir/merged/**                                                -> ** (repo root)
+    model_dir/adapter/**                                               -> adapter/**
+    model_dir/README.md, training_config.yaml                          -> README.md, training_config.yaml
 
-The root card and training config of `model_dir` win over copies inside `merged/`. Files on the
+With `merged/`, the root card and training config of `model_dir` win over copies inside it. Files on the
 Hub that this model no longer has are deleted in the same commit, so a version is exactly the
 pushed folder. Same version rule as datasets: an existing tag is never overwritten, checked
 before anything is uploaded.
@@ -44,11 +45,6 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin")
 def model_repo_layout(model_dir: Path) -> dict[str, Path]:
     """Path in the repo -> local file, per the layout above; checked for card, config and weights."""
     merged, adapter = model_dir / "merged", model_dir / "adapter"
-    if adapter.is_dir() and not merged.is_dir():
-        raise HubPushError(
-            f"{model_dir} has adapter/ but no merged/: save the merged weights too, so that "
-            "SentenceTransformer(repo) loads the model without PEFT."
-        )
     if merged.is_dir():
         layout = dict(local_files(merged))
         layout.update({f"adapter/{p}": src for p, src in local_files(adapter).items()} if adapter.is_dir() else {})
@@ -60,6 +56,11 @@ def model_repo_layout(model_dir: Path) -> dict[str, Path]:
         if required not in layout:
             raise HubPushError(f"{model_dir} has no {required} ({what}); the trainer writes it next to the weights.")
     root_weights = [p for p in layout if "/" not in p and p.endswith(WEIGHT_SUFFIXES)]
+    if not root_weights and any(p.startswith("adapter/") for p in layout):
+        raise HubPushError(
+            f"{model_dir} has adapter/ but no merged weights (at its root or in merged/): save the merged "
+            "model too (merge_on_save), so that SentenceTransformer(repo) loads it without PEFT."
+        )
     if not root_weights or not ({"modules.json", "config.json"} & set(layout)):
         raise HubPushError(
             f"{model_dir} has no weights + modules.json/config.json at its root (or in merged/); "

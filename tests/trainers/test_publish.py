@@ -69,6 +69,19 @@ def test_lora_layout_loads_merged_from_root_and_adapter_from_subfolder(hub, lora
         np.testing.assert_allclose(tensor.numpy(), merged[name].numpy(), atol=1e-6, err_msg=name)
 
 
+def test_root_layout_of_the_trainers_is_pushed_as_is(hub, lora_run, tmp_path):
+    """trainers/embedder.py writes the merged model at the root and the adapter beside it."""
+    run, _ = lora_run
+    flat = tmp_path / "flat"
+    shutil.copytree(run / "merged", flat)
+    shutil.copytree(run / "adapter", flat / "adapter")
+    shutil.copy(run / "training_config.yaml", flat)
+    push_model(flat, REPO, version="v1.0")
+    on_hub = HfApi().list_repo_files(REPO)
+    local = sorted(p.relative_to(flat).as_posix() for p in flat.rglob("*") if p.is_file())
+    assert on_hub == sorted([".gitattributes", *local])
+
+
 def test_new_version_replaces_files_and_tags_are_kept(hub, lora_run, tmp_path):
     run, _ = lora_run
     first = push_model(run, REPO, version="v1.0")
@@ -91,7 +104,9 @@ def test_bad_model_folders_fail_clearly(hub, lora_run, tmp_path):
     run, _ = lora_run
     no_merged = tmp_path / "no-merged"
     shutil.copytree(run / "adapter", no_merged / "adapter")
-    with pytest.raises(HubPushError, match="adapter/ but no merged/"):
+    for name in ("README.md", "training_config.yaml"):
+        shutil.copy(run / name, no_merged)
+    with pytest.raises(HubPushError, match="adapter/ but no merged weights"):
         push_model(no_merged, REPO)
     no_config = tmp_path / "no-config"
     shutil.copytree(run / "merged", no_config)
