@@ -54,14 +54,18 @@ BUILD_REPORT = "hardneg_build.json"
 
 @dataclass
 class BuildReport:
-    """What the changelog says about a build. Read from `hardneg_build.json` when present:
-    `{"source": {"id", "revision"}, "judges": [...] | {name: model}, "rows": {config: n}}`
-    (`source_id` / `source_revision` / `counts` are read too)."""
+    """What the changelog says about a build, read from the build report JSON.
+
+    Read keys: `source: {id, revision}` (or `source_id` / `source_revision`, or the builder's
+    `recipe.card.source_dataset|source_revision` / `recipe.sources[0].hub|path|revision`),
+    `judges: [...]` (strings, `{stage, model, prompt_version}` dicts, or `{stage: model}`),
+    rows per config in `rows` / `counts` / `configs` (`{config: n}`)."""
 
     source_id: str | None = None
     source_revision: str | None = None
     judges: list[str] = field(default_factory=list)
     rows: dict[str, int] = field(default_factory=dict)
+    path: Path | None = None  # where it was read from
 
     @classmethod
     def read(cls, path: Path) -> BuildReport:
@@ -72,16 +76,33 @@ class BuildReport:
         source = data.get("source") or {}
         if isinstance(source, str):
             source = {"id": source}
+        recipe = data.get("recipe") or {}
+        card = recipe.get("card") or {}
+        first_source = (recipe.get("sources") or [{}])[0]
         judges = data.get("judges") or []
         if isinstance(judges, dict):
-            judges = [f"{name}: {model}" for name, model in judges.items()]
-        rows = data.get("rows") or data.get("counts") or {}
+            judges = [f"{stage}: {model}" for stage, model in judges.items()]
+        rows = data.get("rows") or data.get("counts") or data.get("configs") or {}
+        try:
+            rows = {str(name): int(n) for name, n in rows.items()}
+        except (TypeError, ValueError, AttributeError) as err:
+            raise HubPushError(f"{path}: rows per config must be a {{config: count}} mapping ({err}).") from err
         return cls(
-            source_id=source.get("id") or data.get("source_id"),
-            source_revision=source.get("revision") or data.get("source_revision"),
-            judges=[str(j) for j in judges],
-            rows={str(k): int(v) for k, v in rows.items()},
+            source_id=source.get("id") or data.get("source_id") or card.get("source_dataset")
+            or first_source.get("hub") or first_source.get("path"),
+            source_revision=source.get("revision") or data.get("source_revision") or card.get("source_revision")
+            or first_source.get("revision"),
+            judges=[_judge_name(j) for j in judges],
+            rows=rows,
+            path=path,
         )
+
+
+def _judge_name(judge: str | dict) -> str:
+    if isinstance(judge, str):
+        return judge
+    name = f"{judge.get('stage', 'judge')}: {judge.get('model', 'unknown model')}"
+    return name + (f" (prompt {judge['prompt_version']})" if judge.get("prompt_version") else "")
 
 
 def read_card_configs(readme: Path) -> dict[str, list[str]]:
@@ -125,7 +146,7 @@ def count_rows(folder: Path, files_per_config: dict[str, list[str]], report: Bui
         counts[name] = sum(pq.ParquetFile(folder / f).metadata.num_rows for f in files if f.endswith(".parquet"))
         if name in report.rows and report.rows[name] != counts[name]:
             raise HubPushError(
-                f"{folder / BUILD_REPORT} says config {name!r} has {report.rows[name]} rows but its parquet files "
+                f"{report.path} says config {name!r} has {report.rows[name]} rows but its parquet files "
                 f"hold {counts[name]}; the folder and its report disagree, rebuild before pushing."
             )
     return counts
@@ -177,8 +198,12 @@ def push_dataset(
     commit_message: str | None = None,
     revision: str = "main",
     large_upload_bytes: int = LARGE_UPLOAD_BYTES,
+    build_report: str | Path | None = None,
 ) -> PushResult:
-    """Push the dataset folder to `repo_id` (a dataset repo) as one commit; tag it `version`."""
+    """Push the dataset folder to `repo_id` (a dataset repo) as one commit; tag it `version`.
+
+    `build_report` names the build report when it is not `<folder>/hardneg_build.json` (the
+    builder may keep it beside its judgment store); without any, rows are counted from parquet."""
     folder = Path(folder)
     readme = folder / "README.md"
     if not readme.is_file():
@@ -187,7 +212,9 @@ def push_dataset(
     check_version(version)
     configs = read_card_configs(readme)
     files = local_files(folder)
-    report_path = folder / BUILD_REPORT
+    report_path = Path(build_report) if build_report is not None else folder / BUILD_REPORT
+    if build_report is not None and not report_path.is_file():
+        raise HubPushError(f"Build report {report_path} does not exist; pass the report the build printed.")
     report = BuildReport.read(report_path) if report_path.is_file() else BuildReport()
     data_per_config = config_files(configs, list(files))
     counts = count_rows(folder, data_per_config, report)

@@ -184,3 +184,24 @@ def test_card_configs_in_every_data_files_form(tmp_path):
     readme.write_text("# no front matter\n")
     with pytest.raises(HubPushError, match="no YAML front matter"):
         read_card_configs(readme)
+
+
+def test_builder_report_beside_the_store_is_read(hub, tmp_path):
+    """The builder's own report shape (configs, judges as dicts, recipe sources), kept outside the folder."""
+    make_dataset_folder(tmp_path / "b", {"rlhn": 4, "judgments": 6}, with_report=False)
+    report = {
+        "configs": {"rlhn": 4, "judgments": 6},
+        "judges": [{"stage": "rlhn/stage1", "model": "gpt-4o-mini", "prompt_version": "p3", "backend": "openai"}],
+        "recipe": {"sources": [{"hub": "castorini/rlhn-sample", "revision": "feedbee"}], "card": {}},
+    }
+    (tmp_path / "build_report.json").write_text(json.dumps(report))
+    push_dataset(tmp_path / "b", REPO, version="v1.0", build_report=tmp_path / "build_report.json")
+    (entry,) = changelog_entries(_card(HfApi(), "v1.0"))
+    assert "`castorini/rlhn-sample` @ `feedbee`" in entry and "rlhn/stage1: gpt-4o-mini (prompt p3)" in entry
+    assert "`rlhn` 4, `judgments` 6" in entry
+    report["configs"]["judgments"] = 7
+    (tmp_path / "build_report.json").write_text(json.dumps(report))
+    with pytest.raises(HubPushError, match=r"build_report.json says config 'judgments' has 7 rows .* hold 6"):
+        push_dataset(tmp_path / "b", REPO, version="v1.1", build_report=tmp_path / "build_report.json")
+    with pytest.raises(HubPushError, match="does not exist"):
+        push_dataset(tmp_path / "b", REPO, build_report=tmp_path / "missing.json")
