@@ -18,9 +18,11 @@ What a push does, in order (nothing is uploaded before the checks pass):
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -257,3 +259,36 @@ def push_dataset(
     if large:
         result.uploaded = sorted({*result.uploaded, *data_paths})
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m builders.publish <folder> <org/name> --version v1.0 [--private] ...`"""
+    parser = argparse.ArgumentParser(prog="python -m builders.publish", description=push_dataset.__doc__)
+    parser.add_argument("folder", type=Path, help="the build's output folder (Hub layout)")
+    parser.add_argument("repo_id", help="dataset repo, e.g. org/rlhn-680k")
+    parser.add_argument("--version", help="tag this build vX.Y (never overwrites an existing tag)")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--revision", default="main", help="branch to push to (created if missing)")
+    parser.add_argument("--message", help="commit message")
+    parser.add_argument("--build-report", type=Path, help="build report JSON when not in the folder")
+    args = parser.parse_args(argv)
+    try:
+        result = push_dataset(
+            args.folder,
+            args.repo_id,
+            version=args.version,
+            private=args.private,
+            commit_message=args.message,
+            revision=args.revision,
+            build_report=args.build_report,
+        )
+    except HubPushError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    tag = f", tagged {result.version}" if result.version else ""
+    print(f"pushed {result.repo_id}@{result.revision}: {result.commit_url}{tag}; deleted {len(result.deleted)} stale file(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,6 +20,8 @@ before anything is uploaded.
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 
 from huggingface_hub import HfApi
@@ -105,3 +107,34 @@ def push_model(
         parent_commit=head,
         version=version,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m trainers.publish <model_dir> <org/name> --version v1.0 [--private]`"""
+    parser = argparse.ArgumentParser(prog="python -m trainers.publish", description=push_model.__doc__)
+    parser.add_argument("model_dir", type=Path, help="the trainer's output folder")
+    parser.add_argument("repo_id", help="model repo, e.g. org/minilm-rlhn")
+    parser.add_argument("--version", help="tag this model vX.Y (never overwrites an existing tag)")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--revision", default="main", help="branch to push to (created if missing)")
+    parser.add_argument("--message", help="commit message")
+    args = parser.parse_args(argv)
+    try:
+        result = push_model(
+            args.model_dir,
+            args.repo_id,
+            version=args.version,
+            private=args.private,
+            commit_message=args.message,
+            revision=args.revision,
+        )
+    except HubPushError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    tag = f", tagged {result.version}" if result.version else ""
+    print(f"pushed {result.repo_id}@{result.revision}: {result.commit_url}{tag}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -205,3 +205,15 @@ def test_builder_report_beside_the_store_is_read(hub, tmp_path):
         push_dataset(tmp_path / "b", REPO, version="v1.1", build_report=tmp_path / "build_report.json")
     with pytest.raises(HubPushError, match="does not exist"):
         push_dataset(tmp_path / "b", REPO, build_report=tmp_path / "missing.json")
+
+
+def test_command_line_version_flag(hub, tmp_path, capsys):
+    from builders.publish import main
+
+    make_dataset_folder(tmp_path / "b", {"rlhn": 3})
+    assert main([str(tmp_path / "b"), REPO, "--version", "v1.0", "--private"]) == 0
+    assert "tagged v1.0" in capsys.readouterr().out
+    assert main([str(tmp_path / "b"), REPO, "--version", "v1.0"]) == 1
+    err = capsys.readouterr().err
+    assert "already has tag v1.0" in err and hub.token not in err
+    assert HfApi().dataset_info(REPO).private is True
