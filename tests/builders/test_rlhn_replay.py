@@ -128,3 +128,17 @@ def test_untouched_subset_is_never_judged(tgi_stand_in, tmp_path, subset):
     with JudgmentStore(tmp_path / "j.sqlite") as store:
         result, _ = run_rlhn_sync(rows, stages, RlhnSettings(), store, FAST_RETRY, progress=False)
     assert not servers[0].requests and all(result.configs[t] == rows for t in ("default", "remove", "hn_remove", "rlhn"))
+
+
+def replay_recipe_dict(url1: str, url2: str, subsets=("fiqa",), **rlhn) -> dict:
+    """A recipe that builds from the RLHN fixture rows with the two replaying stand-ins."""
+    judge = {"kind": "tgi", "timeout_s": 5.0, "concurrency": 4}
+    return {
+        "name": "replay",
+        "sources": [{"path": str(FIXTURES / f"{s}.stage_1.gpt-4o-mini.jsonl")} for s in subsets],
+        "validation": {"policy": "fail"},
+        "judges": {"stage1": dict(judge, url=url1, model="gpt-4o-mini (replay)"), "stage2": dict(judge, url=url2, model="gpt-4o (replay)")},
+        "rlhn": dict({"parse_retries": 1}, **rlhn),
+        "output": {"folder": "out", "store": ".hardneg-cache/replay/judgments.sqlite"},
+        "card": {"license": "apache-2.0", "pretty_name": "RLHN replay", "source_dataset": "rlhn/rlhn-680K (fixture sample)"},
+    }
