@@ -66,8 +66,9 @@ def subset_counts(rows: list[QueryRow]) -> dict[str, dict[str, int]]:
     return {k: dict(v) for k, v in sorted(c.items())}
 
 
-def dry_run(recipe: Recipe, progress: bool = True, out=sys.stdout) -> dict:
+def dry_run(recipe: Recipe, progress: bool = True, out=None) -> dict:
     """Counts, one rendered prompt and estimated prompt tokens per stage; no judge is called."""
+    out = out or sys.stdout
     rows, report = load_rows(recipe, progress)
     s = recipe.rlhn
     untouched = set(s.refine.untouched_subsets)
@@ -135,7 +136,8 @@ async def _judge(recipe: Recipe, rows: list[QueryRow], progress: bool):
             await b.aclose()
 
 
-def build(recipe: Recipe, command: str, progress: bool = True, out=sys.stdout) -> dict:
+def build(recipe: Recipe, command: str, progress: bool = True, out=None) -> dict:
+    out = out or sys.stdout
     folder = Path(recipe.output.folder)
     rows, vreport = load_rows(recipe, progress)
     print(f"rows: {vreport.rows_kept} kept of {vreport.rows_read} ({vreport.rows_skipped} skipped, {vreport.rows_repaired} repaired)", file=out)
