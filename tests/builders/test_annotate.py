@@ -118,3 +118,16 @@ def test_prompt_reaches_the_responder(tgi_stand_in, tmp_path):
     with JudgmentStore(tmp_path / "j.sqlite") as store:
         result = annotator(server, store).run_sync([("k", ask("about cats"))])
     assert result.outcomes["k"].text == "VERDICT cats"
+
+
+@pytest.mark.parametrize("kind", ["tgi", "openai"])
+def test_one_backend_serves_several_run_sync_calls(tgi_stand_in, tmp_path, kind):
+    """Each run_sync has its own event loop; the backend's HTTP session must follow it."""
+    server = tgi_stand_in(answer_yes)
+    backend = make_backend(EndpointSpec(kind=kind, url=server.url, model="judge-a"))
+    with JudgmentStore(tmp_path / "j.sqlite") as store:
+        for stage in ("s1", "s2", "s3"):
+            result = Annotator(backend, store, stage=stage, prompt_version="v1", check=parses, progress=False,
+                               retry=FAST).run_sync([(f"k{i}", ask(f"q{i}")) for i in range(3)])
+            assert result.ledger.ok == 3
+    assert len(server.requests) == 9
