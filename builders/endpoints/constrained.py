@@ -35,16 +35,6 @@ class TokenTexts:
         self.special = [i in special for i in range(vocab_size)]
 
 
-_TOKEN_TEXTS: dict[tuple[int, int], TokenTexts] = {}
-
-
-def token_texts(tokenizer, vocab_size: int) -> TokenTexts:
-    cache_key = (id(tokenizer), vocab_size)
-    if cache_key not in _TOKEN_TEXTS:
-        _TOKEN_TEXTS[cache_key] = TokenTexts(tokenizer, vocab_size)
-    return _TOKEN_TEXTS[cache_key]
-
-
 def eos_ids(model, tokenizer) -> set[int]:
     ids: set[int] = set()
     configured = model.generation_config.eos_token_id if model.generation_config is not None else None
@@ -54,6 +44,27 @@ def eos_ids(model, tokenizer) -> set[int]:
         elif value is not None:
             ids.update(value)
     return ids
+
+
+def vocab_size(model, tokenizer) -> int:
+    """Ids the model scores that the tokenizer can decode."""
+    return min(model.get_output_embeddings().weight.shape[0], len(tokenizer))
+
+
+_END = -1  # "the first acceptable candidate is EOS"
+
+
+def _first_acceptable(candidates: list[int], compiled, text: str, full_match: bool, vocab: TokenTexts, eos: set[int]) -> int | None:
+    for candidate in candidates:
+        if candidate in eos:
+            if full_match:
+                return _END
+            continue
+        if vocab.special[candidate] or not vocab.texts[candidate]:
+            continue
+        if compiled.fullmatch(text + vocab.texts[candidate], partial=True):
+            return candidate
+    return None
 
 
 @torch.no_grad()
@@ -66,12 +77,16 @@ def generate_with_regex(
     max_new_tokens: int,
     temperature: float = 0.0,
     seed: int | None = 0,
+    vocab: TokenTexts | None = None,
+    first_look: int = 64,
 ) -> ConstrainedOutput:
     """Generate from ``input_ids`` (shape ``[1, n]``) so the text fully matches ``pattern``
-    when it ends on EOS. ``temperature <= 0``: greedy; otherwise seeded constrained sampling."""
+    when it ends on EOS. ``temperature <= 0``: greedy; otherwise seeded constrained sampling.
+    ``vocab``: the tokenizer's ``TokenTexts`` (pass it to reuse it across calls).
+    ``first_look``: candidates scanned from a top-k before falling back to a full sort."""
     compiled = regex.compile(pattern, regex.DOTALL)
-    logits_size = model.get_output_embeddings().weight.shape[0]
-    vocab = token_texts(tokenizer, min(logits_size, len(tokenizer)))
+    if vocab is None:
+        vocab = TokenTexts(tokenizer, vocab_size(model, tokenizer))
     eos = eos_ids(model, tokenizer)
     generator = None
     if temperature > 0:
@@ -88,18 +103,14 @@ def generate_with_regex(
         if generator is not None:
             uniform = torch.rand(scores.shape, generator=generator).clamp_(1e-20, 1.0)
             scores = scores / temperature - torch.log(-torch.log(uniform))
-        chosen = None
         full_match = compiled.fullmatch(text) is not None
-        for candidate in torch.argsort(scores, descending=True).tolist():
-            if candidate in eos:
-                if full_match:
-                    return ConstrainedOutput(text, generated, "eos_token")
-                continue
-            if vocab.special[candidate] or not vocab.texts[candidate]:
-                continue
-            if compiled.fullmatch(text + vocab.texts[candidate], partial=True):
-                chosen = candidate
-                break
+        top = torch.topk(scores, min(first_look, scores.shape[0])).indices.tolist()
+        chosen = _first_acceptable(top, compiled, text, full_match, vocab, eos)
+        if chosen is None and len(top) < scores.shape[0]:
+            rest = torch.argsort(scores, descending=True).tolist()[len(top):]
+            chosen = _first_acceptable(rest, compiled, text, full_match, vocab, eos)
+        if chosen == _END:
+            return ConstrainedOutput(text, generated, "eos_token")
         if chosen is None:
             return ConstrainedOutput(text, generated, "no_valid_token")
         generated.append(chosen)

@@ -21,11 +21,10 @@ import torch
 
 from builders.endpoints import EndpointSpec, render_chat_prompt
 from builders.endpoints.base import Backend, GenerateRequest, Generation, ScoreRequest, TokenScore
-from builders.endpoints.constrained import eos_ids, generate_with_regex
+from builders.endpoints.constrained import TokenTexts, eos_ids, generate_with_regex, vocab_size
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (bundled GGUF Q4_1)"
 
 
 def bundled_smollm2() -> Path:
@@ -70,6 +69,7 @@ class LocalBackend(Backend):
         self.model_id = model_id
         self.max_new_tokens = max_new_tokens
         self._lock = threading.Lock()
+        self._vocab: TokenTexts | None = None  # token texts for constrained decoding, built on first use
 
     @classmethod
     def from_spec(cls, spec: EndpointSpec) -> "LocalBackend":
@@ -82,8 +82,7 @@ class LocalBackend(Backend):
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer)
-        model_id = spec.model or (Path(spec.gguf_file).name if spec.gguf_file else SMOLLM2_ID)
-        return cls(model, tokenizer, model_id=model_id, max_new_tokens=spec.max_new_tokens)
+        return cls(model, tokenizer, model_id=spec.model_id, max_new_tokens=spec.max_new_tokens)
 
     # ------------------------------------------------------------------ helpers
     def render(self, messages) -> str:
@@ -115,8 +114,11 @@ class LocalBackend(Backend):
         meta: dict = {"device": str(self.model.device)}
         sampling = request.temperature > 0
         if request.constraint is not None and request.constraint.kind == "regex":
+            if self._vocab is None:
+                self._vocab = TokenTexts(self.tokenizer, vocab_size(self.model, self.tokenizer))
             out = generate_with_regex(self.model, self.tokenizer, input_ids, str(request.constraint.value),
-                                      max_new_tokens=max_new_tokens, temperature=request.temperature, seed=request.seed)
+                                      max_new_tokens=max_new_tokens, temperature=request.temperature, seed=request.seed,
+                                      vocab=self._vocab)
             text, finish_reason, completion = out.text, out.finish_reason, len(out.token_ids)
             meta["constraint"] = "enforced"
         else:

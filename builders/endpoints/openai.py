@@ -77,7 +77,7 @@ class OpenAIBackend(Backend):
         self.concurrency = spec.concurrency
         base = spec.url.rstrip("/")
         self.base_url = base[: -len("/v1")] if base.endswith("/v1") else base
-        self.model_id = spec.model or self.base_url
+        self.model_id = spec.model_id
         self.tokenizer = tokenizer
         self.style = spec.response_format_style
         self.supports_constraint = frozenset({"json", "regex"} if self.style in REGEX_FLAVOURS else {"json"})

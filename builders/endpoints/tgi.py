@@ -67,9 +67,8 @@ class _InferenceClient(AsyncInferenceClient):
 
 def _status_of(error: BaseException) -> int | None:
     for candidate in (error, error.__cause__):
-        response = getattr(candidate, "response", None) if isinstance(candidate, HfHubHTTPError) else None
-        if response is not None:
-            return response.status_code
+        if isinstance(candidate, HfHubHTTPError) and candidate.response is not None:
+            return candidate.response.status_code
     return None
 
 
@@ -107,7 +106,7 @@ class TGIBackend(Backend):
         self.spec = spec
         self.concurrency = spec.concurrency
         self.url = spec.url.rstrip("/")
-        self.model_id = spec.model or spec.tokenizer or self.url
+        self.model_id = spec.model_id
         self.tokenizer = tokenizer
         self._token = spec.api_key()
         self._loop: asyncio.AbstractEventLoop | None = None
