@@ -86,6 +86,14 @@ def test_score_is_the_exact_log_softmax(backend):
     assert sum(s.logprob for s in scores) == pytest.approx(-loss * n, abs=1e-4)
 
 
+def test_regex_constraint_on_a_tiny_llama(tmp_path):
+    backend = make_backend(EndpointSpec(kind="local", model=str(build_tiny_model(tmp_path / "llama", arch="llama", seed=3))))
+    assert type(backend.model).__name__ == "LlamaForCausalLM"
+    out = run(backend.generate(GenerateRequest(messages=MESSAGES, max_new_tokens=200, temperature=0,
+                                               constraint=Constraint("regex", VERDICT))))
+    assert regex.fullmatch(VERDICT, out.text) and out.finish_reason == "eos_token"
+
+
 @pytest.mark.slow
 def test_bundled_smollm2_gguf_follows_the_verdict_regex():
     backend = make_backend(EndpointSpec(kind="local"))

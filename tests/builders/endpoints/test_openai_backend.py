@@ -51,6 +51,19 @@ def test_constraint_shape_per_flavour(style, kind, value, expected):
     assert constraint_fields(Constraint(kind, value), style) == expected
 
 
+@pytest.mark.parametrize("style", ["openai", "vllm", "sglang", "llamacpp", "tgi"])
+@pytest.mark.parametrize("kind, value", [("json", SCHEMA), ("regex", "Doc \\([0-9]\\)")])
+def test_constraint_fields_travel_in_the_request_body(tgi_stand_in, style, kind, value):
+    server = tgi_stand_in(lambda request: "Doc (1)")
+    backend = make_backend(EndpointSpec(kind="openai", url=server.url, model="m", response_format_style=style))
+    call(backend, lambda: backend.generate(GenerateRequest(messages=MESSAGES, constraint=Constraint(kind, value))))
+    body = server.requests[0].body
+    expected = constraint_fields(Constraint(kind, value), style)
+    assert {k: body[k] for k in expected} == expected
+    assert not {"response_format", "structured_outputs", "regex"} - set(expected) & set(body)
+    assert (kind in backend.supports_constraint) == bool(expected)
+
+
 def test_regex_on_a_flavour_without_regex_is_sent_unconstrained_and_marked(tgi_stand_in):
     server = tgi_stand_in(lambda request: "Yes")
     backend = make_backend(EndpointSpec(kind="openai", url=server.url, model="m", response_format_style="llamacpp"))
