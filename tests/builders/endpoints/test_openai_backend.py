@@ -29,7 +29,7 @@ def test_chat_request_body_and_usage(tgi_stand_in, monkeypatch):
     out = call(backend, lambda: backend.generate(GenerateRequest(messages=MESSAGES, max_new_tokens=50, temperature=0.0, seed=3,
                                                                  constraint=Constraint("json", SCHEMA))))
     sent = server.requests[0]
-    assert sent.path == "/v1/chat/completions" and sent.headers["Authorization"] == "Bearer k-123"
+    assert sent.path == "/v1/chat/completions" and sent.headers["authorization"] == "Bearer k-123"
     assert sent.body["model"] == "smollm2" and sent.body["messages"] == list(MESSAGES)
     assert sent.body["max_tokens"] == 50 and sent.body["temperature"] == 0.0 and sent.body["seed"] == 3
     assert sent.body["response_format"] == {"type": "json_schema", "json_schema": {"name": "judgment", "schema": SCHEMA, "strict": True}}
