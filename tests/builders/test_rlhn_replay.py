@@ -177,3 +177,17 @@ def test_windows_map_doc_numbers_back_and_send_the_verdict_grammar(tgi_stand_in,
     assert len(server.requests) == 3
     assert [p.text for p in capped.configs["rlhn"][0].positive_passages[1:]] == ["negative number 0", "negative number 4"]
     assert capped.stats["nq"]["negatives_not_judged"] == 2 and len(capped.configs["rlhn"][0].negative_passages) == 8
+
+
+def test_duplicate_rows_share_one_judgment(tgi_stand_in, tmp_path):
+    from builders.verdict import format_verdict
+
+    rows = fixture_rows("fiqa")[:2]
+    rows = [rows[0], rows[1], rows[0]]
+    server = tgi_stand_in(lambda request: format_verdict([2], []), max_input_tokens=200_000, max_total_tokens=300_000)
+    stage = Stage("stage1", make_backend(EndpointSpec(kind="tgi", url=server.url, model="judge")))
+    with JudgmentStore(tmp_path / "j.sqlite") as store:
+        result, _ = run_rlhn_sync(rows, [stage], RlhnSettings(), store, FAST_RETRY, progress=False)
+    assert len(server.requests) == 2 and len(result.judgments) == 2
+    assert len(result.configs["rlhn"]) == 3 and result.configs["rlhn"][0] == result.configs["rlhn"][2]
+    assert result.stats["fiqa"]["judge_calls_stage1"] == 2 and result.stats["fiqa"]["flagged_stage1"] == 3
