@@ -190,6 +190,7 @@ def build(recipe: Recipe, command: str, progress: bool = True, out=None) -> dict
         rows_per_config=rows_per_config,
         validation=vreport.to_dict(max_listed=0),
         settings=settings,
+        empty_configs=empty,
         language=recipe.card.language,
     )
     write_dataset_card(folder, info)

@@ -66,3 +66,11 @@ def test_cli_builds_prints_load_line_and_pushes(tgi_stand_in, tmp_path, monkeypa
     assert yaml.safe_load(card.split("---\n")[1])["license"] == "apache-2.0"
     for config, n in {"default": 25, "remove": 15, "hn_remove": 25}.items():
         assert datasets.load_dataset(str(tmp_path / "built"), config, split="train").num_rows == n
+
+
+def test_bad_row_under_fail_policy_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q", "pos": ["a"], "neg": ["b"]}\n{"query": "", "pos": ["a"], "neg": []}\n')
+    code = main([str(ROOT / "recipes" / "sample.yaml"), "--dry-run", "--no-progress", "--set", f"sources=[{{path: '{bad}'}}]", "--set", "validation.policy=fail"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{bad}:2" in err and "missing_query" in err and "Traceback" not in err
