@@ -109,8 +109,10 @@ def write_dataset_repo(
     rows_per_shard: int | None = None,
 ) -> dict[str, list[Path]]:
     """Write each config's rows (Tevatron layout) and each extra table (e.g. ``judgments``) as
-    ``<out>/<config>/train-*.parquet``. Config folders not written now are removed, so the
-    folder always matches its README. The README itself is written by ``cards``."""
+    ``<out>/<config>/train-*.parquet``. An EMPTY config is not written (stock ``datasets``
+    cannot read a parquet file without rows): it is absent from the result, and the caller
+    reports it. Config folders not written now are removed, so the folder always matches its
+    README. The README itself is written by ``cards``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if "data" in configs or (tables and "data" in tables):
@@ -120,9 +122,11 @@ def write_dataset_repo(
     with_scores = _has_scores(all_rows)
     with_prompt = any(r.prompt is not None for r in all_rows)
     for name, rows in configs.items():
-        written[name] = write_shards(tevatron_table(rows, with_scores, with_prompt), out / name, rows_per_shard)
+        if rows:
+            written[name] = write_shards(tevatron_table(rows, with_scores, with_prompt), out / name, rows_per_shard)
     for name, table in (tables or {}).items():
-        written[name] = write_shards(table, out / name, rows_per_shard)
+        if table.num_rows:
+            written[name] = write_shards(table, out / name, rows_per_shard)
     for child in out.iterdir():
         if child.is_dir() and child.name not in written and any(child.glob("train-*-of-*.parquet")):
             shutil.rmtree(child)
