@@ -68,10 +68,12 @@ def parse_ranking(text: str, n: int) -> Ranking:
     return Ranking(order=order + missing, issues=issues, missing=missing, duplicates=duplicates, unknown=unknown)
 
 
-def ranking_regex(n: int) -> str:
-    """A regex for constrained decoding: ``[a] > [b] > …`` with ids 1..n, n entries.
+def ranking_regex(n: int, complete: bool = True) -> str:
+    """A regex for constrained decoding: ``[a] > [b] > …`` with ids 1..n; ``complete``: exactly n
+    entries, otherwise 1..n (PRHN lists only the passages that answer).
 
     A regex cannot forbid repeats cheaply; the parser handles them. Ids are written without
     leading zeros."""
-    one = "(" + "|".join(str(i) for i in range(n, 0, -1)) + ")"
-    return r"\[" + one + r"\]" + r"( > \[" + one + r"\]){" + str(n - 1) + "}"
+    one = r"\[(" + "|".join(str(i) for i in range(n, 0, -1)) + r")\]"
+    repeat = "{%d}" % (n - 1) if complete else "{0,%d}" % (n - 1)
+    return one + "( > " + one + ")" + repeat
