@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
+import pyarrow as pa
+
 from builders.annotate import Annotator, Outcome, RetryPolicy
 from builders.endpoints.base import Backend, Constraint, GenerateRequest
 from builders.store import JudgmentStore
@@ -92,6 +94,19 @@ class ArhnSettings:
     temperature: float = 0.1
     extract_max_new_tokens: int = 1536
     rank_max_new_tokens: int = 96
+
+    def __post_init__(self):
+        if self.rank_on not in ("snippets", "passages"):
+            raise ValueError(f"arhn.rank_on must be 'snippets' (ARHN) or 'passages' (PRHN), got {self.rank_on!r}")
+        if self.positive_without_snippet not in ("skip", "rank"):
+            raise ValueError(f"arhn.positive_without_snippet must be 'skip' or 'rank', got {self.positive_without_snippet!r}")
+        if self.constrained not in ("auto", "off"):
+            raise ValueError(f"arhn.constrained must be 'auto' or 'off', got {self.constrained!r}")
+        if self.max_negatives < 1:
+            raise ValueError(f"arhn.max_negatives must be >= 1, got {self.max_negatives}")
+        if isinstance(self.never_edit_subsets, str):
+            self.never_edit_subsets = (self.never_edit_subsets,)
+        self.never_edit_subsets = tuple(self.never_edit_subsets)
 
     @property
     def prefix(self) -> str:
@@ -256,7 +271,12 @@ async def arun(rows: list[QueryRow], settings: ArhnSettings, *, backend: Backend
 
     decisions = {q.row.query_id: q.decisions or {} for q in queries}
     for variant in ("relabel", "filter", "rf"):
-        result.configs[f"{s.prefix}_{variant}"] = [apply(r, decisions.get(r.query_id, {}), variant) for r in rows]
+        name = f"{s.prefix}_{variant}"
+        result.configs[name] = [apply(r, decisions.get(r.query_id, {}), variant) for r in rows]
+        for r in result.configs[name]:
+            result.count(r.subset, f"{name}:rows")
+            result.count(r.subset, f"{name}:positives", len(r.positive_passages))
+            result.count(r.subset, f"{name}:negatives", len(r.negative_passages))
     for q in queries:
         said = list((q.decisions or {}).values())
         subset = q.row.subset
@@ -395,6 +415,17 @@ async def _rank(queries: list[_Query], s: ArhnSettings, backend: Backend, store:
         q.decisions = {p.docid: ("unjudged" if gone else d) for p, d, gone in zip(q.judged, decided, missing)}
         result.judgments.append(_judgment(q, stage, backend, version, outcome, status, issues, decisions=q.decisions,
                                           order=ranking.order if ranking else None))
+
+
+JUDGMENT_SCHEMA = pa.schema([
+    ("method", pa.string()), ("stage", pa.string()), ("query_id", pa.string()), ("subset", pa.string()),
+    ("judge_model", pa.string()), ("prompt_version", pa.string()), ("status", pa.string()),
+    ("store_status", pa.string()), ("error", pa.string()), ("raw_response", pa.string()),
+    ("issues", pa.list_(pa.string())), ("docids", pa.list_(pa.string())), ("snippets", pa.list_(pa.string())),
+    ("hallucinated", pa.list_(pa.bool_())), ("ranking", pa.list_(pa.int64())),
+    ("decisions", pa.list_(pa.struct([("docid", pa.string()), ("decision", pa.string())]))),
+    ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("attempts", pa.int64()),
+])  # the columns of ``_judgment`` rows, for the writer's ``judgments`` config
 
 
 def _judgment(q: _Query, stage: str, backend: Backend, version: str, outcome: Outcome | None, status: str,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
 
 from builders.annotate import RetryPolicy
-from builders.arhn import ArhnSettings, RetrieverCut, apply, decide, extract_regex, run
+from builders.arhn import JUDGMENT_SCHEMA, ArhnSettings, RetrieverCut, apply, decide, extract_regex, run
 from builders.endpoints import EndpointSpec, make_backend
 from builders.ranking import Ranking
 from builders.rows import Passage, QueryRow
@@ -160,6 +161,9 @@ def test_requests_and_judgments(judged):
     assert statuses[("arhn/rank", 5)] == "skipped_positive_without_snippet"
     assert statuses[("arhn/extract", 6)] == "call_failed"
     assert [j.stage for j in result.judges] == ["arhn/extract", "arhn/rank"]
+    table = pa.Table.from_pylist(result.judgments, schema=JUDGMENT_SCHEMA)  # every row fits the declared schema
+    assert table.num_rows == 6 + 5 and set(table.column_names) == set(result.judgments[0])
+    assert result.stats["nq"]["arhn_rf:positives"] == 6 + 2 and result.stats["nq"]["arhn_rf:negatives"] == 16 - 4
 
 
 def test_resume_pays_no_call_twice(judged, cut):
