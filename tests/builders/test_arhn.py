@@ -163,7 +163,7 @@ def test_requests_and_judgments(judged):
     assert [j.stage for j in result.judges] == ["arhn/extract", "arhn/rank"]
     table = pa.Table.from_pylist(result.judgments, schema=JUDGMENT_SCHEMA)  # every row fits the declared schema
     assert table.num_rows == 6 + 5 and set(table.column_names) == set(result.judgments[0])
-    assert result.stats["nq"]["arhn_rf:positives"] == 6 + 2 and result.stats["nq"]["arhn_rf:negatives"] == 16 - 4
+    assert result.stats["nq"]["arhn_rf:positives"] == 6 + 2 and result.stats["nq"]["arhn_rf:negatives"] == 13 - 4
 
 
 def test_resume_pays_no_call_twice(judged, cut):
