@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,12 +46,13 @@ from builders.annotate import Annotator, RetryPolicy
 from builders.arhn import EXTRACT_VERSION, ArhnSettings, RetrieverCut, extract_request
 from builders.confidence import ConfidenceError, answer_confidence
 from builders.embedding import encode_unique, load_embedder, top_k_similar
-from builders.endpoints.base import Backend, EndpointError, ScoreRequest, TokenScore
+from builders.endpoints.base import Backend, ScoreRequest
 from builders.method import JudgeInfo, MethodResult
 from builders.percpos import cutoff
 from builders.rows import Passage, QueryRow
 from builders.snippets import check_snippets, parse_blocks
-from builders.store import Judgment, JudgmentStore, request_sha
+from builders.scoring import CannotScore, score_all
+from builders.store import Judgment, JudgmentStore
 
 SCORE_VERSION = "clear-score-v1"
 SCORE_SYSTEM = "You answer questions using only the document you are given."
@@ -201,102 +201,39 @@ def score_request(query: str, document: str, answer: str) -> ScoreRequest:
     )
 
 
-def _tokens_json(tokens: list[TokenScore]) -> str:
-    return json.dumps([[t.text, t.logprob, t.start, t.end] for t in tokens])
-
-
-def _tokens_from_json(text: str) -> list[TokenScore]:
-    return [TokenScore(t, float(lp), int(a), int(b)) for t, lp, a, b in json.loads(text)]
-
-
-async def _score_one(backend: Backend, request: ScoreRequest, retry: RetryPolicy) -> tuple[list[TokenScore] | EndpointError, int]:
-    for attempt in range(1, retry.max_attempts + 1):
-        try:
-            return await backend.score(request), attempt
-        except EndpointError as error:
-            if error.status is None and not error.retryable:
-                # raised by the client itself, not by one request: this backend cannot score at all
-                raise ClearError(f"CLEAR cannot score answers with judge {backend.model_id}: {error.message}") from error
-            if not error.retryable or attempt == retry.max_attempts:
-                return error, attempt
-            await asyncio.sleep(retry.backoff_s(attempt, _RNG))
-    raise AssertionError("unreachable")
-
-
-_RNG = random.Random(0)  # backoff jitter
-
-
-async def _score_all(backend: Backend, store: JudgmentStore, items: dict[str, ScoreRequest], s: ClearSettings
-                     ) -> dict[str, tuple[Judgment, bool]]:
-    """key -> (stored judgment, paid now). Answers in the store are not asked again."""
-    stage, model = "clear/score", backend.model_id
-    retry = RetryPolicy(max_attempts=s.max_attempts)
-    out: dict[str, tuple[Judgment, bool]] = {}
-    todo = []
-    for key, request in items.items():
-        stored = store.get(stage, model, SCORE_VERSION, key)
-        if stored is not None and stored.is_final and stored.request_sha == request_sha(request):
-            out[key] = (stored, False)
-        else:
-            todo.append(key)
-    semaphore = asyncio.Semaphore(s.concurrency or backend.concurrency)
-
-    async def one(key: str) -> None:
-        async with semaphore:
-            answer, attempts = await _score_one(backend, items[key], retry)
-        base = dict(stage=stage, judge_model=model, prompt_version=SCORE_VERSION, key=key,
-                    request_sha=request_sha(items[key]), attempts=attempts)
-        if isinstance(answer, EndpointError):
-            judgment = Judgment(**base, status="failed", error_kind=answer.kind, error_message=answer.message[:2000],
-                                retryable=answer.retryable)
-        else:
-            judgment = Judgment(**base, status="ok", text=_tokens_json(answer), prompt_tokens=None)
-        store.put(judgment)
-        out[key] = (judgment, True)
-
-    from tqdm.auto import tqdm
-
-    tasks = [asyncio.ensure_future(one(key)) for key in todo]
-    try:
-        for task in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc=f"clear/score [{model}]", disable=not tasks):
-            await task
-    finally:
-        for task in tasks:
-            task.cancel()
-    return out
-
-
-
 async def _score(queries: list[_Query], s: ClearSettings, backend: Backend, store: JudgmentStore, result: MethodResult,
-           cut: RetrieverCut) -> None:
+                 cut: RetrieverCut) -> None:
     items: dict[str, ScoreRequest] = {}
     owners: dict[str, tuple[_Query, Passage, str]] = {}
     for q in queries:
+        q.confidence = {}
         for p in list(q.row.positive_passages) + [p for p, _ in q.pfns]:
             key = f"{q.row.query_id}:{p.docid}"
             items[key] = score_request(q.row.query, cut(p.full_text), q.answer)
             owners[key] = (q, p, "positive" if p in q.row.positive_passages else "pfn")
-    judged = await _score_all(backend, store, items, s) if items else {}
-    for key, (judgment, paid) in judged.items():
+    try:
+        outcomes = await score_all(backend, store, items, stage="clear/score", prompt_version=SCORE_VERSION,
+                                   concurrency=s.concurrency, retry=RetryPolicy(max_attempts=s.max_attempts))
+    except CannotScore as error:
+        raise ClearError(f"CLEAR stopped: {error}") from error
+    for key, outcome in outcomes.items():
         q, p, role = owners[key]
-        subset = q.row.subset
-        if paid:
-            result.count(subset, "judge_calls", judgment.attempts)
-        q.confidence = {} if q.confidence is None else q.confidence
+        if outcome.paid:
+            result.count(q.row.subset, "judge_calls", outcome.judgment.attempts)
         cs = None
-        if judgment.status == "ok":
+        if outcome.tokens is not None:
             try:
-                cs, _ = answer_confidence(_tokens_from_json(judgment.text), q.answer)
+                cs, _ = answer_confidence(outcome.tokens, q.answer)
             except ConfidenceError as error:
                 raise ClearError(f"query_id={q.row.query_id} docid={p.docid}: judge {backend.model_id}'s token offsets "
                                  f"do not fit the answer: {error}") from error
             q.confidence[p.docid] = cs
-            result.count(subset, "passages_scored")
+            result.count(q.row.subset, "passages_scored")
         else:
-            result.count(subset, "score_failures")
-        result.judgments.append(_judgment_row(q, "clear/score", backend, SCORE_VERSION, judgment, docid=p.docid,
-                                              role=role, confidence=cs,
-                                              similarity=dict((x.docid, v) for x, v in q.pfns).get(p.docid)))
+            result.count(q.row.subset, "score_failures")
+        similarity = next((v for x, v in q.pfns if x.docid == p.docid), q.positive_similarity)
+        result.judgments.append(_judgment_row(q, "clear/score", backend, SCORE_VERSION, outcome.judgment, docid=p.docid,
+                                              role=role, confidence=cs, similarity=similarity))
 
 
 # ---------------------------------------------------------------- stage 5: decisions
