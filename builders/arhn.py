@@ -133,7 +133,13 @@ class RetrieverCut:
         self.max_length = max_length or self._configured_max_length(tokenizer)
 
     def _configured_max_length(self, tokenizer: str) -> int:
+        """sentence-transformers' ``max_seq_length`` (folder or Hub cache), else the tokenizer's limit."""
         st_config = Path(tokenizer) / "sentence_bert_config.json"
+        if not st_config.is_file() and not Path(tokenizer).exists():
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(tokenizer, "sentence_bert_config.json")
+            st_config = Path(cached) if isinstance(cached, str) else st_config
         if st_config.is_file():
             return int(json.loads(st_config.read_text())["max_seq_length"])
         if self.tokenizer.model_max_length and self.tokenizer.model_max_length < 1_000_000:
@@ -171,7 +177,7 @@ def regex_literal(text: str) -> str:
 def extract_regex(documents: list[str], copy_sentences: bool = False) -> str:
     """The block protocol as a regex. ``copy_sentences`` (for tiny judges) also fixes the content:
     NO_ANSWER or 1-3 consecutive sentences of that document exactly, so a constrained judge cannot
-    hallucinate a snippet; otherwise any text without square brackets."""
+    hallucinate a snippet; otherwise up to 1,000 characters without square brackets."""
     parts = []
     for k, doc in enumerate(documents, start=1):
         if copy_sentences:
@@ -179,7 +185,7 @@ def extract_regex(documents: list[str], copy_sentences: bool = False) -> str:
             spans = {doc[bounds[i][0] : bounds[i + w - 1][1]] for w in (1, 2, 3) for i in range(len(bounds) - w + 1)}
             content = "(" + "|".join(["NO_ANSWER"] + [regex_literal(x) for x in sorted(spans, key=len, reverse=True)]) + ")"
         else:
-            content = r"[^\[\]]+"
+            content = r"[^\[\]]{1,1000}"  # bounded, so a rambling judge still closes its blocks
         parts.append(rf"\[\[\[doc{k}\]\]\]\n{content}\n\[\[\[/doc{k}\]\]\]")
     return r"\n\n".join(parts)
 
