@@ -74,6 +74,9 @@ class ClearSettings:
     max_pfn: int | None = None  # score at most this many PFNs per query (most similar first); None: all
     answer_fields: tuple[str, ...] = ("answer", "answers")  # looked up in the row's `extra`
     extract_answers: bool = True  # no answer column: the judge copies one from the labelled positive
+    extract_copy_sentences: bool = False  # constrain the copied answer to the passage's sentences (tiny judges)
+    extract_temperature: float = 0.1
+    extract_max_new_tokens: int = 256
     query_prefix: str = ""  # e.g. "query: " for E5 retrievers
     passage_prefix: str = ""  # e.g. "passage: "
     use_row_prompt: bool = False  # prepend the row's BGE instruction to the query
@@ -160,7 +163,9 @@ def dataset_answer(row: QueryRow, fields: tuple[str, ...]) -> str | None:
 async def _extract_answers(queries: list[_Query], s: ClearSettings, backend: Backend, store: JudgmentStore,
                      result: MethodResult, cut: RetrieverCut) -> None:
     """ARHN stage 1 on the labelled positive alone: its verified snippet is the answer."""
-    arhn = ArhnSettings(retriever_tokenizer=s.retriever, retriever_max_length=s.retriever_max_length)
+    arhn = ArhnSettings(retriever_tokenizer=s.retriever, retriever_max_length=s.retriever_max_length,
+                        copy_sentences=s.extract_copy_sentences, temperature=s.extract_temperature,
+                        extract_max_new_tokens=s.extract_max_new_tokens)
     docs = {q.row.query_id: cut(q.row.positive_passages[0].full_text) for q in queries}
     items = [(q.row.query_id, extract_request(q.row.query, [docs[q.row.query_id]], arhn, backend)) for q in queries]
     if not items:

@@ -90,16 +90,25 @@ def cross_scores(cross_encoder, pairs: Iterable[tuple[str, str]], *, batch_size:
     return {pair: float(s) for pair, s in zip(distinct, raw.tolist())}
 
 
-def top_k_similar(queries: torch.Tensor, pool: torch.Tensor, k: int, *, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact inner-product top-``k`` of each query row over ``pool``, computed in chunks of
-    queries so memory stays at ``chunk x len(pool)``. Returns (scores, indices)."""
+def top_k_similar(queries: torch.Tensor, pool: torch.Tensor, k: int, *, query_chunk: int = 1024,
+                  pool_chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact inner-product top-``k`` of each query row over ``pool``. Queries and pool are both
+    taken in chunks (a running top-k is merged per pool chunk), so memory stays at
+    ``query_chunk x pool_chunk`` scores whatever the pool size. Returns (scores, indices)."""
     k = min(k, pool.shape[0])
     scores, indices = [], []
-    for start in range(0, queries.shape[0], chunk):
-        sims = queries[start : start + chunk] @ pool.T
-        s, i = sims.topk(k, dim=1)
-        scores.append(s)
-        indices.append(i)
+    for q_start in range(0, queries.shape[0], query_chunk):
+        q = queries[q_start : q_start + query_chunk]
+        best_s = torch.full((q.shape[0], 0), float("-inf"))
+        best_i = torch.zeros((q.shape[0], 0), dtype=torch.long)
+        for p_start in range(0, pool.shape[0], pool_chunk):
+            sims = q @ pool[p_start : p_start + pool_chunk].T
+            s, i = sims.topk(min(k, sims.shape[1]), dim=1)
+            merged_s, order = torch.cat([best_s, s], dim=1).topk(min(k, best_s.shape[1] + s.shape[1]), dim=1)
+            best_i = torch.cat([best_i, i + p_start], dim=1).gather(1, order)
+            best_s = merged_s
+        scores.append(best_s)
+        indices.append(best_i)
     if not scores:
         return torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long)
     return torch.cat(scores), torch.cat(indices)

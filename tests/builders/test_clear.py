@@ -100,7 +100,7 @@ def test_beir_corpus_pool(tmp_path, minilm):
 PROBS = {"\n330": 0.5, " metres": 0.8}  # "\n330" straddles the prompt/answer boundary ("Assistant:\n" + "330")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cut():
     from builders.arhn import RetrieverCut
 

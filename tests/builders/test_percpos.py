@@ -119,3 +119,4 @@ def test_cross_encoder_teacher_path():
     assert res.judgments[0]["positive_score"] == pytest.approx(float(direct[0]), abs=1e-5)
     kept = [p for p in r.negative_passages if float(direct[1 + r.negative_passages.index(p)]) <= float(direct[0])]
     assert set(texts(res.configs["percpos"][0])) == {p.text for p in kept}
+
