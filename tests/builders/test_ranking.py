@@ -47,3 +47,14 @@ def test_regex_accepts_rankings():
     assert rx.fullmatch("[1] > [10] > [3] > [2] > [4] > [5] > [6] > [7] > [8] > [9]")
     assert not rx.fullmatch("[1] > [11] > [3] > [2] > [4] > [5] > [6] > [7] > [8] > [9]")
     assert re.compile(ranking_regex(1)).fullmatch("[1]")
+
+
+def test_random_text_never_crashes_and_always_gives_a_full_order():
+    import random
+
+    pieces = ["[1]", "[2]", "[3]", " > ", "[99]", "[0]", "[", "]", ">", ",", "x", "\n", "[ 2 ]", "[id 3]"]
+    rng = random.Random(0)
+    for _ in range(2000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 20)))
+        r = parse_ranking(text, 3)
+        assert sorted(r.order) == [1, 2, 3], text

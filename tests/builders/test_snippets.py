@@ -66,3 +66,17 @@ def test_check_snippets_hallucination_flags():
     assert [c.answer for c in checked] == ["The Eiffel Tower is 330 metres tall.", None, None]
     kept = check_snippets(parse, DOCS, hallucination_as_no_answer=False)
     assert kept[1].answer == "Paris has 12 million people." and kept[1].hallucinated
+
+
+def test_random_text_never_crashes():
+    import random
+
+    pieces = ["[[[doc1]]]", "[[[/doc1]]]", "[[[doc2]]]", "[[[/doc2]]]", "[[[ DOC 3 ]]]", "[[[/doc3]]]", "NO_ANSWER",
+              "Bananas are yellow.", "\n", "[[[doc9]]]", "[[[", "]]]", "x"]
+    rng = random.Random(0)
+    for _ in range(2000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 20)))
+        parse = parse_blocks(text, 3)
+        checked = check_snippets(parse, DOCS)
+        assert len(checked) == 3
+        assert set(parse.snippets) | set(parse.missing) == {1, 2, 3}
