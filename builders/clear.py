@@ -328,6 +328,11 @@ def run(rows: list[QueryRow], settings: ClearSettings | None = None, *, backend:
         result.count(row.subset, "negatives_removed", len(row.negative_passages) - len(threshold.negative_passages))
         result.count(row.subset, "llm_positive_changed", int(out["clear_llm"].positive_passages[0].docid not in {p.docid for p in row.positive_passages}))
         result.count(row.subset, "augment_positives_added", len(out["clear_augment"].positive_passages) - len(row.positive_passages))
+    for name, out_rows in result.configs.items():  # per-config sizes, as the card's technique table reads them
+        for r in out_rows:
+            result.count(r.subset, f"{name}:rows")
+            result.count(r.subset, f"{name}:positives", len(r.positive_passages))
+            result.count(r.subset, f"{name}:negatives", len(r.negative_passages))
     return result
 
 

@@ -140,7 +140,8 @@ def run(rows: list[QueryRow], settings: PercPosSettings | None = None, *, teache
         result.count(s, "negatives_out", len(keep))
         if not keep:
             result.count(s, "rows_without_negatives_left")
-        result.configs[settings.config_name].append(row.with_passages(negatives=[p for _, _, p in keep]))
+        out = row.with_passages(negatives=[p for _, _, p in keep])
+        result.configs[settings.config_name].append(out)
         for p in row.negative_passages:
             result.judgments.append(
                 {
@@ -154,4 +155,8 @@ def run(rows: list[QueryRow], settings: PercPosSettings | None = None, *, teache
                     "decision": decisions[p.docid],
                 }
             )
+    for r in result.configs[settings.config_name]:  # per-config sizes, as the card's technique table reads them
+        result.count(r.subset, f"{settings.config_name}:rows")
+        result.count(r.subset, f"{settings.config_name}:positives", len(r.positive_passages))
+        result.count(r.subset, f"{settings.config_name}:negatives", len(r.negative_passages))
     return result

@@ -120,3 +120,13 @@ def test_cross_encoder_teacher_path():
     kept = [p for p in r.negative_passages if float(direct[1 + r.negative_passages.index(p)]) <= float(direct[0])]
     assert set(texts(res.configs["percpos"][0])) == {p.text for p in kept}
 
+
+
+def test_card_section_shows_percpos_counters_per_subset():
+    from cards.dataset_card import DatasetCardInfo, render_dataset_card
+
+    r = row("q1", [("P", 0.80)], [("a", 0.79), ("c", 0.5)], subset="fiqa")
+    res = percpos.run([r], PercPosSettings(teacher="row-scores"))
+    assert res.stats["fiqa"]["percpos:negatives"] == 1 and res.stats["fiqa"]["percpos:rows"] == 1
+    card = render_dataset_card(DatasetCardInfo(pretty_name="t", license="mit", configs=[], results=[res], command="x"))
+    assert "percpos" in card and "negatives_removed" in card and "fiqa" in card
