@@ -43,7 +43,7 @@ from builders.endpoints.base import Backend, Constraint, GenerateRequest
 from builders.store import JudgmentStore
 from builders.method import JudgeInfo, MethodResult
 from builders.ranking import Ranking, parse_ranking, ranking_regex
-from builders.rows import Passage, QueryRow
+from builders.rows import Passage, QueryRow, md5
 from builders.snippets import CheckedSnippet, check_snippets, parse_blocks
 
 EXTRACT_VERSION = "arhn-extract-v1"
@@ -249,6 +249,12 @@ class _Query:
     checked: list[CheckedSnippet] | None = None  # stage 1, positive first; None: no usable answer
     decisions: dict[str, str] | None = None  # docid -> relabel | filter | keep | unjudged
 
+    @property
+    def key(self) -> str:
+        """Store key: the query and exactly the documents judged. Rows repeating a query with other
+        passages get their own judgment; exact repeats share one (asked and counted once)."""
+        return f"{self.row.query_id}:{md5(' '.join([self.row.positive_passages[0].docid] + [p.docid for p in self.judged]))[:16]}"
+
 
 def _never_edit(row: QueryRow, s: ArhnSettings) -> bool:
     subset = row.subset.lower()
@@ -291,10 +297,10 @@ async def arun(rows: list[QueryRow], settings: ArhnSettings, *, backend: Backend
     result.judges.append(JudgeInfo(f"{s.prefix}/rank", rank_backend.model_id, rank_version, _kind(rank_backend)))
     await _rank(queries, s, rank_backend, store, result, retry, concurrency)
 
-    decisions = {q.row.query_id: q.decisions or {} for q in queries}
+    decisions = {id(q.row): q.decisions or {} for q in queries}
     for variant in ("relabel", "filter", "rf"):
         name = f"{s.prefix}_{variant}"
-        result.configs[name] = [apply(r, decisions.get(r.query_id, {}), variant) for r in rows]
+        result.configs[name] = [apply(r, decisions.get(id(r), {}), variant) for r in rows]
         for r in result.configs[name]:
             result.count(r.subset, f"{name}:rows")
             result.count(r.subset, f"{name}:positives", len(r.positive_passages))
@@ -334,8 +340,13 @@ def _kind(backend: Backend) -> str:
     return next((k for k in ("tgi", "openai", "local") if k in name), name)
 
 
-def _account(result: MethodResult, subset: str, outcome: Outcome) -> None:
-    """Judge calls and tokens as the store recorded them (also for answers read back on resume)."""
+def _account(result: MethodResult, subset: str, outcome: Outcome, accounted: set[str]) -> None:
+    """Judge calls and tokens as the store recorded them (also for answers read back on resume);
+    an answer shared by repeated rows is counted once."""
+    if outcome.key in accounted:
+        result.count(subset, "answers_shared_with_a_repeated_row")
+        return
+    accounted.add(outcome.key)
     j = outcome.judgment
     result.count(subset, "judge_calls", j.attempts)
     result.count(subset, "prompt_tokens", j.prompt_tokens or 0)
@@ -349,12 +360,13 @@ async def _extract(queries: list[_Query], s: ArhnSettings, backend: Backend, sto
     items = {}
     for q in queries:
         docs = [q.cut_positive] + q.cut_negatives
-        items[q.row.query_id] = (extract_request(q.row.query, docs, s, backend), len(docs))
+        items[q.key] = (extract_request(q.row.query, docs, s, backend), len(docs))
     outcomes = await _ask(backend, store, "arhn/extract", EXTRACT_VERSION, items,
                     lambda n: (lambda text: parse_blocks(text, n).ok), retry, concurrency)
+    accounted: set[str] = set()
     for q in queries:
-        outcome, subset = outcomes[q.row.query_id], q.row.subset
-        _account(result, subset, outcome)
+        outcome, subset = outcomes[q.key], q.row.subset
+        _account(result, subset, outcome, accounted)
         docs = [q.cut_positive] + q.cut_negatives
         issues: list[str] = []
         if outcome.text is None:
@@ -382,10 +394,10 @@ async def _rank(queries: list[_Query], s: ArhnSettings, backend: Backend, store:
           retry: RetryPolicy | None, concurrency: int | None) -> None:
     passages = s.rank_on == "passages"
     stage, version = f"{s.prefix}/rank", PRHN_RANK_VERSION if passages else RANK_VERSION
-    plans: dict[str, tuple[_Query, list[bool], list[str]]] = {}
+    plans: list[tuple[_Query, list[bool], list[str]]] = []
     for q in queries:
         if passages:
-            plans[q.row.query_id] = (q, [True] * len(q.judged), [q.cut_positive] + q.cut_negatives)
+            plans.append((q, [True] * len(q.judged), [q.cut_positive] + q.cut_negatives))
             continue
         if q.checked is None:
             q.decisions = {p.docid: "unjudged" for p in q.judged}
@@ -405,7 +417,7 @@ async def _rank(queries: list[_Query], s: ArhnSettings, backend: Backend, store:
                                               decisions=q.decisions))
             continue
         entries = [positive.answer or "NO_ANSWER"] + [c.answer for c in negatives if c.answer is not None]
-        plans[q.row.query_id] = (q, has, entries)
+        plans.append((q, has, entries))
 
     def usable(n: int) -> Callable[[str], bool]:
         def check(text: str) -> bool:
@@ -413,11 +425,12 @@ async def _rank(queries: list[_Query], s: ArhnSettings, backend: Backend, store:
             return r.ok and 1 not in r.missing and (passages or not r.issues)
         return check
 
-    items = {key: (rank_request(q.row.query, entries, s, backend), len(entries)) for key, (q, _, entries) in plans.items()}
+    items = {q.key: (rank_request(q.row.query, entries, s, backend), len(entries)) for q, _, entries in plans}
     outcomes = await _ask(backend, store, stage, version, items, usable, retry, concurrency) if items else {}
-    for key, (q, has, entries) in plans.items():
-        outcome, subset = outcomes[key], q.row.subset
-        _account(result, subset, outcome)
+    accounted: set[str] = set()
+    for q, has, entries in plans:
+        outcome, subset = outcomes[q.key], q.row.subset
+        _account(result, subset, outcome, accounted)
         ranking, issues = None, []
         if outcome.text is None:
             status = "call_failed"

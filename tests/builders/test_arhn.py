@@ -225,3 +225,22 @@ def test_extract_regex_only_allows_verbatim_sentences():
     free = re.compile(extract_regex(["One. Two two!", "Three?"]))
     assert free.fullmatch("[[[doc1]]]\nanything at all\n[[[/doc1]]]\n\n[[[doc2]]]\nNO_ANSWER\n[[[/doc2]]]")
     assert not free.fullmatch("[[[doc1]]]\nx\n[[[/doc1]]]")  # doc2 missing
+
+
+def test_repeated_queries_share_or_split_judgments(tgi_stand_in, tmp_path, cut):
+    a = ROWS[0]
+    other_negatives = a.with_passages(negatives=a.negative_passages[:2])  # same query, other documents judged
+    server = tgi_stand_in(responder)
+    backend = make_backend(EndpointSpec(kind="tgi", url=server.url, model="stand-in/judge"))
+    with JudgmentStore(tmp_path / "j.sqlite") as store:
+        result = run([a, a, other_negatives], ArhnSettings(constrained="off"), backend=backend, store=store, cut=cut,
+                     retry=RetryPolicy(base_delay_s=0.0, parse_retries=0))
+    assert server.count("Question: Who designed the Eiffel Tower?") == 4  # (extract + rank) x 2 distinct keys
+    rf = result.configs["arhn_rf"]
+    assert rf[0] == rf[1] and docids(rf[0].negative_passages) == docids(a.negative_passages[1:3])
+    # the other row: doc2 = neg0 (verbatim), doc3 = neg1 (hallucinated), blocks 4-5 unknown; "[2] > [1] > [3]": 3 unknown
+    assert docids(rf[2].positive_passages) == [a.positive_passages[0].docid, a.negative_passages[0].docid]
+    assert docids(rf[2].negative_passages) == [a.negative_passages[1].docid]
+    nq = result.stats["nq"]
+    assert nq["judge_calls"] == 4 and nq["answers_shared_with_a_repeated_row"] == 2
+    assert nq["extract_unknown_block"] == 2 and nq["rank_unknown_id"] == 1
