@@ -49,7 +49,7 @@ from builders.embedding import encode_unique, load_embedder, top_k_similar
 from builders.endpoints.base import Backend, ScoreRequest
 from builders.method import JudgeInfo, MethodResult
 from builders.percpos import cutoff
-from builders.rows import Passage, QueryRow
+from builders.rows import Passage, QueryRow, md5
 from builders.snippets import check_snippets, parse_blocks
 from builders.scoring import CannotScore, score_all
 from builders.store import Judgment, JudgmentStore
@@ -123,11 +123,13 @@ def _query_text(row: QueryRow, s: ClearSettings) -> str:
     return s.query_prefix + ((row.prompt or "") if s.use_row_prompt else "") + row.query
 
 
-def find_pfns(rows: list[QueryRow], s: ClearSettings, embedder=None, pool: list[Passage] | None = None) -> dict[str, tuple[float, list[tuple[Passage, float]]]]:
-    """query_id -> (s+, PFNs most similar first) for every row with a positive."""
-    rows = [r for r in rows if r.positive_passages]
+def find_pfns(rows: list[QueryRow], s: ClearSettings, embedder=None, pool: list[Passage] | None = None
+              ) -> list[tuple[float, list[tuple[Passage, float]]]]:
+    """Per row (same order; every row must have a positive): (s+, PFNs most similar first)."""
     if not rows:
-        return {}
+        return []
+    if any(not r.positive_passages for r in rows):
+        raise ValueError("find_pfns needs a labelled positive in every row")
     if pool is None:
         pool = load_corpus(s.corpus) if s.corpus else list({p.docid: p for r in rows for p in r.positive_passages + r.negative_passages}.values())
     embedder = embedder or load_embedder(s.retriever, device=s.device, max_length=s.retriever_max_length)
@@ -138,14 +140,14 @@ def find_pfns(rows: list[QueryRow], s: ClearSettings, embedder=None, pool: list[
     pool_matrix = passages.rows([text(p) for p in pool])
     max_positives = max(len(r.positive_passages) for r in rows)
     sims, idx = top_k_similar(queries.rows([_query_text(r, s) for r in rows]), pool_matrix, s.top_n + max_positives)
-    out = {}
+    out = []
     for i, row in enumerate(rows):
         q = queries.matrix[queries.index[_query_text(row, s)]]
         s_plus = min(float(q @ passages.matrix[passages.index[text(p)]]) for p in row.positive_passages)
         limit = cutoff(s_plus, s.tau)
         own = {p.docid for p in row.positive_passages}
         retrieved = [(pool[j], v) for v, j in zip(sims[i].tolist(), idx[i].tolist()) if pool[j].docid not in own][: s.top_n]
-        out[row.query_id] = (s_plus, [(p, v) for p, v in retrieved if v > limit])
+        out.append((s_plus, [(p, v) for p, v in retrieved if v > limit]))
     return out
 
 
@@ -166,16 +168,19 @@ async def _extract_answers(queries: list[_Query], s: ClearSettings, backend: Bac
     arhn = ArhnSettings(retriever_tokenizer=s.retriever, retriever_max_length=s.retriever_max_length,
                         copy_sentences=s.extract_copy_sentences, temperature=s.extract_temperature,
                         extract_max_new_tokens=s.extract_max_new_tokens)
-    docs = {q.row.query_id: cut(q.row.positive_passages[0].full_text) for q in queries}
-    items = [(q.row.query_id, extract_request(q.row.query, [docs[q.row.query_id]], arhn, backend)) for q in queries]
+    key = {id(q): f"{q.row.query_id}:{q.row.positive_passages[0].docid}" for q in queries}  # same question, same answer
+    docs = {key[id(q)]: cut(q.row.positive_passages[0].full_text) for q in queries}
+    items = {key[id(q)]: extract_request(q.row.query, [docs[key[id(q)]]], arhn, backend) for q in queries}
     if not items:
         return
     annotator = Annotator(backend, store, stage="clear/answer", prompt_version=EXTRACT_VERSION, concurrency=s.concurrency,
                           retry=RetryPolicy(max_attempts=s.max_attempts), check=lambda text: parse_blocks(text, 1).ok)
-    outcomes = (await annotator.run(items)).outcomes
+    outcomes = (await annotator.run(items.items())).outcomes
+    paid_for: set[str] = set()
     for q in queries:
-        outcome, subset = outcomes[q.row.query_id], q.row.subset
-        if not outcome.cached:
+        outcome, subset = outcomes[key[id(q)]], q.row.subset
+        if not outcome.cached and key[id(q)] not in paid_for:
+            paid_for.add(key[id(q)])
             result.count(subset, "judge_calls", outcome.judgment.attempts)
             result.count(subset, "prompt_tokens", outcome.judgment.prompt_tokens or 0)
             result.count(subset, "completion_tokens", outcome.judgment.completion_tokens or 0)
@@ -185,7 +190,7 @@ async def _extract_answers(queries: list[_Query], s: ClearSettings, backend: Bac
         elif outcome.status == "unparseable":
             result.count(subset, "parse_failures")
         else:
-            (checked,) = check_snippets(parse_blocks(outcome.text or "", 1), [docs[q.row.query_id]])
+            (checked,) = check_snippets(parse_blocks(outcome.text or "", 1), [docs[key[id(q)]]])
             result.count(subset, "hallucinated_snippets", int(checked.hallucinated))
             if checked.answer:
                 q.answer, q.answer_source = checked.answer, "extracted"
@@ -209,21 +214,23 @@ def score_request(query: str, document: str, answer: str) -> ScoreRequest:
 async def _score(queries: list[_Query], s: ClearSettings, backend: Backend, store: JudgmentStore, result: MethodResult,
                  cut: RetrieverCut) -> None:
     items: dict[str, ScoreRequest] = {}
-    owners: dict[str, tuple[_Query, Passage, str]] = {}
+    owners: list[tuple[str, _Query, Passage, str]] = []
     for q in queries:
         q.confidence = {}
         for p in list(q.row.positive_passages) + [p for p, _ in q.pfns]:
-            key = f"{q.row.query_id}:{p.docid}"
+            key = f"{q.row.query_id}:{md5(q.answer)[:12]}:{p.docid}"  # identical requests are sent once
             items[key] = score_request(q.row.query, cut(p.full_text), q.answer)
-            owners[key] = (q, p, "positive" if p in q.row.positive_passages else "pfn")
+            owners.append((key, q, p, "positive" if p in q.row.positive_passages else "pfn"))
     try:
         outcomes = await score_all(backend, store, items, stage="clear/score", prompt_version=SCORE_VERSION,
                                    concurrency=s.concurrency, retry=RetryPolicy(max_attempts=s.max_attempts))
     except CannotScore as error:
         raise ClearError(f"CLEAR stopped: {error}") from error
-    for key, outcome in outcomes.items():
-        q, p, role = owners[key]
-        if outcome.paid:
+    paid_for: set[str] = set()
+    for key, q, p, role in owners:
+        outcome = outcomes[key]
+        if outcome.paid and key not in paid_for:
+            paid_for.add(key)
             result.count(q.row.subset, "judge_calls", outcome.judgment.attempts)
         cs = None
         if outcome.tokens is not None:
@@ -286,9 +293,16 @@ def _kind(backend: Backend) -> str:
 # ---------------------------------------------------------------- the method
 def run(rows: list[QueryRow], settings: ClearSettings | None = None, *, backend: Backend, store: JudgmentStore | None = None,
         embedder=None, cut: RetrieverCut | None = None, pool: list[Passage] | None = None) -> MethodResult:
+    """Run CLEAR over ``rows`` (from synchronous code; inside an event loop await ``run_async``)."""
+    return asyncio.run(run_async(rows, settings, backend=backend, store=store, embedder=embedder, cut=cut, pool=pool))
+
+
+async def run_async(rows: list[QueryRow], settings: ClearSettings | None = None, *, backend: Backend,
+                    store: JudgmentStore | None = None, embedder=None, cut: RetrieverCut | None = None,
+                    pool: list[Passage] | None = None) -> MethodResult:
     """Run CLEAR over ``rows``. ``embedder`` (a loaded SentenceTransformer), ``cut`` (what the
     judge sees of a passage) and ``pool`` (candidate passages) may be passed in to reuse them;
-    ``store`` defaults to a throw-away file (no resume)."""
+    ``store`` defaults to a throw-away file (no resume). All judge calls run in the caller's loop."""
     s = settings or ClearSettings()
     result = MethodResult(name="clear", configs={name: [] for name in CONFIGS})
     queries = _prepare(rows, s, result, embedder, pool)
@@ -298,7 +312,7 @@ def run(rows: list[QueryRow], settings: ClearSettings | None = None, *, backend:
         own_store = store is None
         store = JudgmentStore(Path(scratch) / "judgments.sqlite") if own_store else store
         try:
-            answered = asyncio.run(_judge(queries, needs_answer, s, backend, store, result, cut))
+            answered = await _judge(queries, needs_answer, s, backend, store, result, cut)
         finally:
             if own_store:
                 store.close()
@@ -306,12 +320,12 @@ def run(rows: list[QueryRow], settings: ClearSettings | None = None, *, backend:
         result.judges.append(JudgeInfo("clear/answer", backend.model_id, EXTRACT_VERSION, _kind(backend)))
     result.judges.append(JudgeInfo("clear/score", backend.model_id, SCORE_VERSION, _kind(backend)))
 
-    by_id = {q.row.query_id: q for q in answered}
+    by_row = {id(q.row): q for q in answered}  # rows by identity: a query text may occur twice
     for q in queries:
         if q.answer is None:
             result.count(q.row.subset, "rows_without_answer")
     for row in rows:
-        q = by_id.get(row.query_id)
+        q = by_row.get(id(row))
         if q is not None and any(p.docid not in (q.confidence or {}) for p in row.positive_passages):
             result.count(row.subset, "rows_positive_unscored")
             q = None
@@ -338,7 +352,6 @@ def run(rows: list[QueryRow], settings: ClearSettings | None = None, *, backend:
 
 async def _judge(queries: list[_Query], needs_answer: list[_Query], s: ClearSettings, backend: Backend,
                  store: JudgmentStore, result: MethodResult, cut: RetrieverCut) -> list[_Query]:
-    """All judge calls in one event loop (a backend's HTTP session belongs to one loop)."""
     if needs_answer:
         await _extract_answers(needs_answer, s, backend, store, result, cut)
     answered = [q for q in queries if q.answer is not None]
@@ -359,8 +372,7 @@ def _prepare(rows: list[QueryRow], s: ClearSettings, result: MethodResult, embed
             editable.append(row)
     found = find_pfns(editable, s, embedder, pool)
     queries = []
-    for row in editable:
-        s_plus, pfns = found[row.query_id]
+    for row, (s_plus, pfns) in zip(editable, found):
         if s.max_pfn is not None:
             pfns = pfns[: s.max_pfn]
         result.count(row.subset, "pfn_candidates", len(pfns))

@@ -70,7 +70,7 @@ def test_pfn_threshold_on_a_hand_made_pool(minilm):
     other = QueryRow.from_query("What do plants do with light?", [P(FAR)], [P("Plants need water.")], "nq")
     rows = [eiffel_row(), other]
     found = clear.find_pfns(rows, ClearSettings(top_n=10), minilm)
-    s_plus, pfns = found[rows[0].query_id]
+    s_plus, pfns = found[0]
     emb = minilm.encode([EIFFEL, POS, FN, NEAR, FAR, "Plants need water."], normalize_embeddings=True, convert_to_tensor=True)
     sim = {t: float(emb[0] @ emb[i]) for i, t in enumerate([POS, FN, NEAR, FAR, "Plants need water."], start=1)}
     assert s_plus == pytest.approx(sim[POS], abs=1e-5)
@@ -78,18 +78,18 @@ def test_pfn_threshold_on_a_hand_made_pool(minilm):
     assert [p.text for p, _ in pfns] == expected
     assert FN in expected and FAR not in expected  # the paraphrase is a PFN, the unrelated passage is not
     # a lower tau lets the next one in; the row's own positive is never a candidate
-    loose = clear.find_pfns(rows, ClearSettings(top_n=10, tau=0.5), minilm)[rows[0].query_id][1]
+    loose = clear.find_pfns(rows, ClearSettings(top_n=10, tau=0.5), minilm)[0][1]
     assert {p.text for p, _ in loose} == {t for t in (FN, NEAR, FAR, "Plants need water.") if sim[t] > 0.5 * sim[POS]}
     assert POS not in {p.text for p, _ in loose}
     # top_n bounds the candidates before the threshold
-    assert len(clear.find_pfns(rows, ClearSettings(top_n=1, tau=0.1), minilm)[rows[0].query_id][1]) == 1
+    assert len(clear.find_pfns(rows, ClearSettings(top_n=1, tau=0.1), minilm)[0][1]) == 1
 
 
 def test_beir_corpus_pool(tmp_path, minilm):
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("\n".join(json.dumps({"_id": str(i), "title": "", "text": t}) for i, t in enumerate([FN, FAR])) + "\n")
     found = clear.find_pfns([eiffel_row()], ClearSettings(corpus=str(corpus)), minilm)
-    assert [p.text for p, _ in found[eiffel_row().query_id][1]] == [FN]
+    assert [p.text for p, _ in found[0][1]] == [FN]
     corpus.write_text('{"_id": "1", "title": "x"}\n')
     with pytest.raises(ClearError, match="line 1"):
         clear.find_pfns([eiffel_row()], ClearSettings(corpus=str(corpus)), minilm)
@@ -236,3 +236,16 @@ def test_arguana_and_rows_without_positive_are_not_edited(minilm, cut):
     res = clear.run(rows, ClearSettings(), backend=NoCalls(), embedder=minilm, cut=cut)
     assert res.configs["clear_threshold"] == rows
     assert res.stats["ArguAna"]["rows_not_edited"] == 1 and res.stats["nq"]["rows_not_edited"] == 1
+
+
+def test_the_same_query_twice_is_decided_per_row_and_paid_once(minilm, cut):
+    judge = ScriptedScorer({POS: [0.5, 0.5], FN: [0.9, 1.0], NEAR: [0.1, 0.2], FAR: [0.0, 0.0]})
+    first = eiffel_row()
+    second = QueryRow.from_query(EIFFEL, [P(POS)], [P(NEAR)], "msmarco", extra={"answer": "330 metres"})
+    res = clear.run([first, second], ClearSettings(top_n=3, tau=0.5), backend=judge, embedder=minilm, cut=cut)
+    thr = res.configs["clear_threshold"]
+    assert [p.text for p in thr[0].negative_passages] == [FAR, NEAR]
+    assert [p.text for p in thr[1].positive_passages] == [POS, FN]  # FN came from the pool, not its negatives
+    assert [p.text for p in thr[1].negative_passages] == [NEAR]
+    scored = {(j["subset"], j["docid"]) for j in res.judgments}
+    assert judge.calls == len({docid for _, docid in scored})  # one call per distinct (query, answer, passage)
