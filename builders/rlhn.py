@@ -206,3 +206,121 @@ def combine(window_results: list[tuple[Window, Verdict | ParseFailure, CallOutco
     order = {p.docid: i for i, p in enumerate(window_results[0][0].row.negative_passages)}
     fns = sorted(set(fns), key=lambda d: order[d])
     return Decision("flagged" if fns else "clean", tuple(fns), stage=stage)
+
+
+# ---------------------------------------------------------------------------- the cascade
+
+
+def _outcome_of(judgment) -> CallOutcome:
+    if judgment.status == "failed":
+        return CallOutcome(None, error=f"{judgment.error_kind}: {judgment.error_message}", attempts=judgment.attempts)
+    return CallOutcome(judgment.text, None, judgment.finish_reason, judgment.prompt_tokens, judgment.completion_tokens, judgment.attempts)
+
+
+async def judge_stage(stage: Stage, rows: list[QueryRow], s: RlhnSettings, store, retry=None, progress: bool = True) -> tuple[dict[str, list], list[dict], dict]:
+    """Ask ``stage``'s judge about every window of ``rows``.
+
+    -> (row_key -> [(window, Verdict | ParseFailure, CallOutcome)], judgment rows, ledgers by group).
+    One ``Annotator`` per (prompt version, window size): its ``check`` is "the verdict parses
+    for that many negatives"."""
+    from builders.annotate import Annotator, RetryPolicy
+
+    retry = retry or RetryPolicy(parse_retries=s.parse_retries)
+    groups: dict[tuple[str, int], list[Window]] = defaultdict(list)
+    seen: set[str] = set()
+    for row in rows:
+        if row_key(row) in seen:  # an exact duplicate row shares the first one's judgment
+            continue
+        seen.add(row_key(row))
+        for w in windows_of(row, s):
+            groups[(prompt_version(variant_of(row, s)), len(w.negatives))].append(w)
+    per_row: dict[str, list] = defaultdict(list)
+    judgments: list[dict] = []
+    ledgers: dict[str, dict] = {}
+    for (version, n), windows in sorted(groups.items()):
+        annotator = Annotator(
+            stage.backend,
+            store,
+            stage=f"rlhn/{stage.name}",
+            prompt_version=version,
+            concurrency=s.concurrency,
+            retry=retry,
+            check=lambda text, n=n: isinstance(parse_verdict(text, n), Verdict),
+            progress=progress,
+        )
+        result = await annotator.run([(w.key, make_request(w, stage.backend, s)) for w in windows])
+        ledgers[f"{version}/n={n}"] = result.ledger.as_dict()
+        for w in windows:
+            outcome = _outcome_of(result.outcomes[w.key].judgment)
+            verdict = _window_result(w, outcome)
+            per_row[row_key(w.row)].append((w, verdict, outcome))
+            judgments.append(judgment_row(w, stage, version, outcome, verdict))
+    for entries in per_row.values():
+        entries.sort(key=lambda e: e[0].start)
+    judgments.sort(key=lambda j: (j["subset"], j["query_id"], j["window_start"]))
+    return per_row, judgments, ledgers
+
+
+def _count_stage(stats, rows: list[QueryRow], per_row: dict, decisions: dict[str, Decision], stage: str) -> None:
+    paid: set[str] = set()
+    for row in rows:
+        c = stats[row.subset]
+        for always in (f"flagged_{stage}", f"unparsed_{stage}", f"failed_{stage}", "parse_failures"):
+            c[always] += 0  # shown as 0 in the card rather than missing
+        c[f"judged_{stage}"] += 1
+        status = decisions[row_key(row)].status
+        c[{"flagged": f"flagged_{stage}", "clean": f"clean_{stage}", "unparsed": f"unparsed_{stage}", "failed": f"failed_{stage}"}.get(status, f"not_judged_{stage}")] += 1
+        if row_key(row) in paid:  # a duplicate row: its judgment was counted once already
+            continue
+        paid.add(row_key(row))
+        for _, verdict, outcome in per_row.get(row_key(row), []):
+            c[f"judge_calls_{stage}"] += outcome.attempts if outcome else 0
+            c[f"prompt_tokens_{stage}"] += (outcome.prompt_tokens or 0) if outcome else 0
+            c[f"completion_tokens_{stage}"] += (outcome.completion_tokens or 0) if outcome else 0
+            if isinstance(verdict, ParseFailure) and outcome is not None and outcome.text is not None:
+                c["parse_failures"] += 1
+
+
+async def run_rlhn(rows: list[QueryRow], stages: list[Stage], s: RlhnSettings, store, retry=None, progress: bool = True) -> tuple[MethodResult, dict]:
+    """The whole cascade -> (MethodResult with configs default/remove/hn_remove/rlhn, ledgers)."""
+    if not 1 <= len(stages) <= 2:
+        raise ValueError("RLHN runs one or two judge stages")
+    result = MethodResult(name="rlhn", configs={})
+    stats = result.stats
+    untouched = set(s.refine.untouched_subsets)
+    for row in rows:
+        c = stats[row.subset]
+        c["rows_in"] += 1
+        c["positives_in"] += len(row.positive_passages)
+        c["negatives_in"] += len(row.negative_passages)
+        if row.subset not in untouched:
+            judged = sum(len(w.negatives) for w in windows_of(row, s))
+            c["negatives_not_judged"] += len(row.negative_passages) - judged
+    to_judge = [r for r in rows if r.subset not in untouched and r.negative_passages]
+    versions = sorted({prompt_version(variant_of(r, s)) for r in to_judge}) or [prompt_version("default")]
+    final: dict[str, Decision] = {}
+    ledgers: dict[str, dict] = {}
+    judgments: list[dict] = []
+    current = to_judge
+    for i, stage in enumerate(stages):
+        for v in versions:
+            result.judges.append(JudgeInfo(stage=f"rlhn/{stage.name}", model=stage.backend.model_id, prompt_version=v, backend=type(stage.backend).__name__))
+        per_row, stage_judgments, stage_ledgers = await judge_stage(stage, current, s, store, retry, progress)
+        judgments.extend(stage_judgments)
+        ledgers[stage.name] = stage_ledgers
+        decisions = {row_key(r): combine(per_row.get(row_key(r), []), stage.name) for r in current}
+        _count_stage(stats, current, per_row, decisions, stage.name)
+        final.update(decisions)
+        if i + 1 < len(stages):
+            escalate = ("flagged", "unparsed", "failed") if s.escalate_unparsed else ("flagged",)
+            current = [r for r in current if decisions[row_key(r)].status in escalate]
+    configs, refine_stats = refine(rows, final, s.refine)
+    for subset, counters in refine_stats.items():
+        stats[subset].update(counters)
+    result.configs = configs
+    result.judgments = judgments
+    return result, ledgers
+
+
+def run_rlhn_sync(rows, stages, s, store, retry=None, progress: bool = True):
+    return asyncio.run(run_rlhn(rows, stages, s, store, retry, progress))
