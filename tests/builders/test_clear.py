@@ -249,3 +249,37 @@ def test_the_same_query_twice_is_decided_per_row_and_paid_once(minilm, cut):
     assert [p.text for p in thr[1].negative_passages] == [NEAR]
     scored = {(j["subset"], j["docid"]) for j in res.judgments}
     assert judge.calls == len({docid for _, docid in scored})  # one call per distinct (query, answer, passage)
+
+
+def test_local_backend_confidence_equals_a_direct_forward_pass(tmp_path, minilm, cut):
+    """Equivalence: CLEAR's cs with the local backend (exact log-softmax, tokens by offsets)
+    equals cs computed from one forward pass over prompt ids + answer ids tokenized apart."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent / "endpoints"))
+    from tiny_models import build_tiny_model
+
+    from builders.endpoints import make_backend
+
+    backend = make_backend(EndpointSpec(kind="local", model=str(build_tiny_model(tmp_path / "tiny")), device="cpu"))
+    answer = " Paris is the capital"
+    row = QueryRow.from_query("What is the capital of France?", [P("The capital of France is Paris.")],
+                              [P("Paris is the capital and largest city of France.")], "nq", extra={"answer": answer.strip()})
+    res = clear.run([row], ClearSettings(top_n=2, tau=0.1), backend=backend, embedder=minilm, cut=cut)
+    got = {j["docid"]: j["confidence"] for j in res.judgments}
+    tok, model = backend.tokenizer, backend.model
+    for passage in (row.positive_passages[0], row.negative_passages[0]):
+        request = clear.score_request(row.query, cut(passage.full_text), answer.strip())
+        prompt = backend.render(request.messages)
+        prompt_ids = tok(prompt, add_special_tokens=False).input_ids
+        answer_ids = tok(request.continuation, add_special_tokens=False).input_ids
+        assert tok(prompt + request.continuation, add_special_tokens=False).input_ids == prompt_ids + answer_ids
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt_ids + answer_ids])).logits[0].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        probs = [logprobs[len(prompt_ids) + h - 1, t].exp().item() for h, t in enumerate(answer_ids)]
+        expected = 1 - math.sqrt(sum((1 - p) ** 2 for p in probs) / len(probs))
+        assert got[passage.docid] == pytest.approx(expected, abs=1e-5)
