@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -40,11 +39,11 @@ import pyarrow as pa
 
 from builders.annotate import Annotator, Outcome, RetryPolicy
 from builders.endpoints.base import Backend, Constraint, GenerateRequest
-from builders.store import JudgmentStore
 from builders.method import JudgeInfo, MethodResult
 from builders.ranking import Ranking, parse_ranking, ranking_regex
 from builders.rows import Passage, QueryRow, md5
-from builders.snippets import CheckedSnippet, check_snippets, parse_blocks
+from builders.snippets import CheckedSnippet, check_snippets, extract_regex, parse_blocks
+from builders.store import JudgmentStore
 
 EXTRACT_VERSION = "arhn-extract-v1"
 RANK_VERSION = "arhn-rank-v1"
@@ -162,32 +161,6 @@ def extract_request(query: str, documents: list[str], s: ArhnSettings, backend: 
         messages=({"role": "system", "content": EXTRACT_SYSTEM},
                   {"role": "user", "content": EXTRACT_PROMPT.format(query=query, documents=docs, n=len(documents))}),
         max_new_tokens=s.extract_max_new_tokens, temperature=s.temperature, seed=0, constraint=constraint)
-
-
-_SENTENCE = re.compile(r"\S(?:.*?(?:[.!?](?=\s|$)|$))", re.DOTALL)  # a sentence: up to . ! ? before a space
-_REGEX_SPECIAL = re.compile(r"([.^$*+?{}\[\]\\|()])")
-
-
-def regex_literal(text: str) -> str:
-    """``text`` as a regex literal that TGI's grammar engine and the ``regex`` package both read:
-    only metacharacters escaped, newlines and tabs written as ``\\n`` / ``\\t``."""
-    return _REGEX_SPECIAL.sub(r"\\\1", text).replace("\n", r"\n").replace("\t", r"\t").replace("\r", r"\r")
-
-
-def extract_regex(documents: list[str], copy_sentences: bool = False) -> str:
-    """The block protocol as a regex. ``copy_sentences`` (for tiny judges) also fixes the content:
-    NO_ANSWER or 1-3 consecutive sentences of that document exactly, so a constrained judge cannot
-    hallucinate a snippet; otherwise up to 1,000 characters without square brackets."""
-    parts = []
-    for k, doc in enumerate(documents, start=1):
-        if copy_sentences:
-            bounds = [(m.start(), m.end()) for m in _SENTENCE.finditer(doc)]
-            spans = {doc[bounds[i][0] : bounds[i + w - 1][1]] for w in (1, 2, 3) for i in range(len(bounds) - w + 1)}
-            content = "(" + "|".join(["NO_ANSWER"] + [regex_literal(x) for x in sorted(spans, key=len, reverse=True)]) + ")"
-        else:
-            content = r"[^\[\]]{1,1000}"  # bounded, so a rambling judge still closes its blocks
-        parts.append(rf"\[\[\[doc{k}\]\]\]\n{content}\n\[\[\[/doc{k}\]\]\]")
-    return r"\n\n".join(parts)
 
 
 def rank_request(query: str, entries: list[str], s: ArhnSettings, backend: Backend) -> GenerateRequest:

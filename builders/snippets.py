@@ -11,6 +11,8 @@ duplicated blocks (the first one wins), blocks for documents that were never sho
 end is taken) and missing blocks. Every deviation is named in ``BlockParse.issues``; none
 raises.
 
+``extract_regex`` writes the protocol as a regex for constrained decoding (tiny judges).
+
 ``verify_snippet`` checks that a snippet really occurs in the document the judge was shown.
 Both sides are normalised first (``normalize_for_match``): Unicode NFKC (folds non-breaking
 spaces, full-width forms, ligatures, ``…`` → ``...``), typographic quotes to ASCII
@@ -168,3 +170,29 @@ def check_snippets(
         else:
             checked.append(CheckedSnippet(raw=raw, answer=None if hallucination_as_no_answer else raw, hallucinated=True))
     return checked
+
+
+_SENTENCE = re.compile(r"\S(?:.*?(?:[.!?](?=\s|$)|$))", re.DOTALL)  # a sentence: up to . ! ? before a space
+_REGEX_SPECIAL = re.compile(r"([.^$*+?{}\[\]\\|()])")
+
+
+def regex_literal(text: str) -> str:
+    """``text`` as a regex literal that TGI's grammar engine and the ``regex`` package both read:
+    only metacharacters escaped, newlines and tabs written as ``\\n`` / ``\\t``."""
+    return _REGEX_SPECIAL.sub(r"\\\1", text).replace("\n", r"\n").replace("\t", r"\t").replace("\r", r"\r")
+
+
+def extract_regex(documents: list[str], copy_sentences: bool = False) -> str:
+    """The block protocol as a regex. ``copy_sentences`` (for tiny judges) also fixes the content:
+    NO_ANSWER or 1-3 consecutive sentences of that document exactly, so a constrained judge cannot
+    hallucinate a snippet; otherwise up to 1,000 characters without square brackets."""
+    parts = []
+    for k, doc in enumerate(documents, start=1):
+        if copy_sentences:
+            bounds = [(m.start(), m.end()) for m in _SENTENCE.finditer(doc)]
+            spans = {doc[bounds[i][0] : bounds[i + w - 1][1]] for w in (1, 2, 3) for i in range(len(bounds) - w + 1)}
+            content = "(" + "|".join(["NO_ANSWER"] + [regex_literal(x) for x in sorted(spans, key=len, reverse=True)]) + ")"
+        else:
+            content = r"[^\[\]]{1,1000}"  # bounded, so a rambling judge still closes its blocks
+        parts.append(rf"\[\[\[doc{k}\]\]\]\n{content}\n\[\[\[/doc{k}\]\]\]")
+    return r"\n\n".join(parts)

@@ -6,10 +6,11 @@ import pyarrow as pa
 import pytest
 
 from builders.annotate import RetryPolicy
-from builders.arhn import JUDGMENT_SCHEMA, ArhnSettings, RetrieverCut, apply, decide, extract_regex, run
+from builders.arhn import JUDGMENT_SCHEMA, ArhnSettings, RetrieverCut, apply, decide, run
 from builders.endpoints import EndpointSpec, make_backend
 from builders.ranking import Ranking
 from builders.rows import Passage, QueryRow
+from builders.snippets import extract_regex
 from builders.store import JudgmentStore
 from tests.stand_ins.tgi_server import VALIDATION, FaultRule, prompt_of
 
