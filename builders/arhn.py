@@ -1,9 +1,9 @@
 """ARHN: answer-centric relabeling of hard negatives (and PRHN, its passage-centric variant).
 
-Per query, the labelled positive and the first ``max_negatives`` hard negatives (stored order),
-each first cut to what the RETRIEVER will see (``retriever_tokenizer`` / ``retriever_max_length``;
-offline default the bundled all-MiniLM-L6-v2 and its ``max_seq_length``, 256; the cut keeps
-the original characters, by token offsets):
+Per query, the labelled positive (the first, when a row has several) and the first
+``max_negatives`` hard negatives (stored order), each first cut to what the RETRIEVER will see
+(``retriever_tokenizer`` / ``retriever_max_length``; offline default the bundled
+all-MiniLM-L6-v2 and its ``max_seq_length``, 256; the cut keeps the original characters):
 
 1. Extract (``arhn/extract``): the judge copies one verbatim answer snippet or ``NO_ANSWER``
    per document, in ``[[[docK]]] … [[[/docK]]]`` blocks (doc1 = the positive). Every snippet
