@@ -245,3 +245,22 @@ def test_repeated_queries_share_or_split_judgments(tgi_stand_in, tmp_path, cut):
     nq = result.stats["nq"]
     assert nq["judge_calls"] == 4 and nq["answers_shared_with_a_repeated_row"] == 2
     assert nq["extract_unknown_block"] == 2 and nq["rank_unknown_id"] == 1
+
+
+def test_positive_without_snippet_can_still_anchor(tgi_stand_in, tmp_path, cut):
+    f = ROWS[5]  # its positive says NO_ANSWER, its negative has a verbatim snippet
+
+    def answer(request):
+        prompt = prompt_of(request)
+        if "Rank these" in prompt:
+            assert "[1] NO_ANSWER\n[2] The Martian sky looks butterscotch by day." in prompt
+            return "[2] > [1]"
+        return EXTRACT["What colour is the sky on Mars?"]
+
+    server = tgi_stand_in(answer)
+    backend = make_backend(EndpointSpec(kind="tgi", url=server.url, model="stand-in/judge"))
+    with JudgmentStore(tmp_path / "j.sqlite") as store:
+        result = run([f], ArhnSettings(constrained="off", positive_without_snippet="rank"), backend=backend, store=store,
+                     cut=cut, retry=RetryPolicy(base_delay_s=0.0, parse_retries=0))
+    assert docids(result.configs["arhn_rf"][0].positive_passages) == docids(f.positive_passages + f.negative_passages)
+    assert result.stats["nq"]["relabeled"] == 1 and "positive_without_snippet" not in result.stats["nq"]
