@@ -308,6 +308,13 @@ async def _ask(backend: Backend, store: JudgmentStore, stage: str, version: str,
     return outcomes
 
 
+def _listed(ranking: Ranking | None, passages: bool) -> list[int] | None:
+    """The order as recorded: PRHN records only the entries the judge listed."""
+    if ranking is None:
+        return None
+    return [e for e in ranking.order if e not in ranking.missing] if passages else ranking.order
+
+
 def _kind(backend: Backend) -> str:
     name = type(backend).__name__.lower()
     return next((k for k in ("tgi", "openai", "local") if k in name), name)
@@ -422,7 +429,7 @@ async def _rank(queries: list[_Query], s: ArhnSettings, backend: Backend, store:
         missing = [c.missing for c in q.checked[1:]] if q.checked else [False] * len(q.judged)
         q.decisions = {p.docid: ("unjudged" if gone else d) for p, d, gone in zip(q.judged, decided, missing)}
         result.judgments.append(_judgment(q, stage, backend, version, outcome, status, issues, decisions=q.decisions,
-                                          order=ranking.order if ranking else None))
+                                          order=_listed(ranking, passages)))
 
 
 JUDGMENT_SCHEMA = pa.schema([

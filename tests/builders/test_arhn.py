@@ -192,6 +192,7 @@ def test_prhn_ranks_passages(tgi_stand_in, tmp_path, cut):
     assert docids(rf.negative_passages) == [n[2].docid, n[3].docid]
     assert result.stats["nq"]["rank_duplicate_id"] == 1 and "rank_missing_id" not in result.stats["nq"]
     assert set(result.configs) == {"prhn_relabel", "prhn_filter", "prhn_rf"}
+    assert result.judgments[0]["ranking"] == [3, 1, 2] and result.judgments[0]["stage"] == "prhn/rank"
 
 
 def test_decide_and_apply_pure():
