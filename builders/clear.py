@@ -92,6 +92,10 @@ class ClearSettings:
             raise ValueError(f"clear tau must be in (0, 1], got {self.tau}")
         if self.top_n < 1:
             raise ValueError(f"clear top_n must be >= 1, got {self.top_n}")
+        # YAML gives lists (or one string): keep tuples
+        self.answer_fields = (self.answer_fields,) if isinstance(self.answer_fields, str) else tuple(self.answer_fields)
+        self.never_edit_subsets = ((self.never_edit_subsets,) if isinstance(self.never_edit_subsets, str)
+                                   else tuple(self.never_edit_subsets))
 
 
 @dataclass

@@ -283,3 +283,18 @@ def test_local_backend_confidence_equals_a_direct_forward_pass(tmp_path, minilm,
         probs = [logprobs[len(prompt_ids) + h - 1, t].exp().item() for h, t in enumerate(answer_ids)]
         expected = 1 - math.sqrt(sum((1 - p) ** 2 for p in probs) / len(probs))
         assert got[passage.docid] == pytest.approx(expected, abs=1e-5)
+
+
+def test_recipe_yaml_loads_into_settings():
+    import yaml
+
+    data = yaml.safe_load(open("recipes/clear-sample.yaml"))["clear"]
+    s = ClearSettings(**data)
+    assert s.answer_fields == ("answer", "answers") and s.never_edit_subsets == ("arguana",)
+    assert (s.tau, s.phi, s.top_n, s.max_pfn) == (0.95, 0.3, 20, 5)
+    from builders.percpos import PercPosSettings
+
+    p = PercPosSettings(**yaml.safe_load(open("recipes/percpos-sample.yaml"))["percpos"])
+    assert (p.teacher, p.margin, p.top_k) == ("bi-encoder", 0.95, 15)
+    with pytest.raises(ValueError, match="tau"):
+        ClearSettings(tau=0)
