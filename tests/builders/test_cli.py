@@ -40,7 +40,7 @@ def test_dry_run_prints_counts_prompt_and_token_estimates(capsys):
     out = capsys.readouterr().out
     assert "rows: 30 read, 30 kept" in out and "duplicate_passage:repaired: 2" in out
     assert "nq: 10 rows, 10 positives, 977 negatives" in out
-    assert "Doc (4):" in out and "Doc (5):" not in out and "<verdict><better>" in out
+    assert "Doc (3):" in out and "Doc (4):" not in out and "<verdict><better>" in out
     s1 = re.search(r"stage1 \[.*\]: ~(\d+) prompts, ~([\d,]+) prompt tokens", out)
     s2 = re.search(r"stage2 \[big\]: ~(\d+) prompts, ~([\d,]+) prompt tokens", out)
     assert s1 and s2 and int(s1.group(1)) == 30 and int(s2.group(1)) == int(30 * 0.72)
