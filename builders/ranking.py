@@ -69,11 +69,15 @@ def parse_ranking(text: str, n: int) -> Ranking:
 
 
 def ranking_regex(n: int, complete: bool = True) -> str:
-    """A regex for constrained decoding: ``[a] > [b] > …`` with ids 1..n; ``complete``: exactly n
-    entries, otherwise 1..n (PRHN lists only the passages that answer).
-
-    A regex cannot forbid repeats cheaply; the parser handles them. Ids are written without
-    leading zeros."""
-    one = r"\[(" + "|".join(str(i) for i in range(n, 0, -1)) + r")\]"
-    repeat = "{%d}" % (n - 1) if complete else "{0,%d}" % (n - 1)
-    return one + "( > " + one + ")" + repeat
+    """A regex for constrained decoding: ``[a] > [b] > …`` with ids 1..n in which the anchor ``[1]``
+    appears exactly once; ``complete``: exactly n entries, otherwise 1..n (PRHN lists only the
+    passages that answer). Other ids may repeat (a regex cannot forbid that cheaply; the parser
+    counts it). Ids are written without leading zeros."""
+    other = r"\[(?:" + "|".join(str(i) for i in range(n, 1, -1)) + r")\]" if n > 1 else None
+    choices = []
+    for before in range(n):
+        after = n - 1 - before
+        head = f"(?:{other} > ){{{before}}}" if before else ""
+        tail = (f"(?: > {other}){{{after}}}" if complete else f"(?: > {other}){{0,{after}}}") if after else ""
+        choices.append(head + r"\[1\]" + tail)
+    return "(?:" + "|".join(choices) + ")"

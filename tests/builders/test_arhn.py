@@ -265,3 +265,24 @@ def test_positive_without_snippet_can_still_anchor(tgi_stand_in, tmp_path, cut):
                      cut=cut, retry=RetryPolicy(base_delay_s=0.0, parse_retries=0))
     assert docids(result.configs["arhn_rf"][0].positive_passages) == docids(f.positive_passages + f.negative_passages)
     assert result.stats["nq"]["relabeled"] == 1 and "positive_without_snippet" not in result.stats["nq"]
+
+
+def test_constrained_tiny_local_judge_never_hallucinates(tmp_path, cut):
+    """A random tiny model under the constraints: every block present, every snippet verbatim, every
+    ranking has its anchor - so every judged negative gets a decision."""
+    from tests.builders.endpoints.tiny_models import build_tiny_model
+
+    backend = make_backend(EndpointSpec(kind="local", model=str(build_tiny_model(tmp_path / "tiny"))))
+    rows = [ROWS[3]]
+    settings = ArhnSettings(max_negatives=1, copy_sentences=True, temperature=0.0, extract_max_new_tokens=600,
+                            rank_max_new_tokens=40)
+    with JudgmentStore(tmp_path / "j.sqlite") as store:
+        result = run(rows, settings, backend=backend, store=store, cut=cut, retry=RetryPolicy(base_delay_s=0.0, parse_retries=0))
+    nq = result.stats["nq"]
+    assert nq["hallucinated_snippets"] == 0 and nq["parse_failures"] == 0 and nq["unjudged_negatives"] == 0
+    assert not [k for k in nq if k.startswith("extract_")]
+    for j in result.judgments:
+        if j["stage"] == "arhn/extract":
+            row = next(r for r in rows if r.query_id == j["query_id"])
+            docs = [row.positive_passages[0].text] + [p.text for p in row.negative_passages]
+            assert all(s == "NO_ANSWER" or s in d for s, d in zip(j["snippets"], docs)), j["raw_response"]

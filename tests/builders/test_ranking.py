@@ -42,11 +42,18 @@ def test_garbage_never_crashes():
         assert not r.ok and r.order == [1, 2, 3] and "no_ranking" in r.issues
 
 
-def test_regex_accepts_rankings():
+def test_regex_accepts_rankings_with_exactly_one_anchor():
     rx = re.compile(ranking_regex(10))
+    assert rx.fullmatch("[2] > [10] > [3] > [1] > [4] > [5] > [6] > [7] > [8] > [9]")
     assert rx.fullmatch("[1] > [10] > [3] > [2] > [4] > [5] > [6] > [7] > [8] > [9]")
     assert not rx.fullmatch("[1] > [11] > [3] > [2] > [4] > [5] > [6] > [7] > [8] > [9]")
+    assert not rx.fullmatch("[2] > [10] > [3] > [3] > [4] > [5] > [6] > [7] > [8] > [9]")  # no [1]
+    assert not rx.fullmatch("[1] > [1] > [3] > [2] > [4] > [5] > [6] > [7] > [8] > [9]")  # [1] twice
+    assert not rx.fullmatch("[1] > [2]")  # too short
     assert re.compile(ranking_regex(1)).fullmatch("[1]")
+    partial = re.compile(ranking_regex(4, complete=False))
+    assert partial.fullmatch("[1]") and partial.fullmatch("[3] > [1] > [2]") and partial.fullmatch("[4] > [3] > [2] > [1]")
+    assert not partial.fullmatch("[3] > [2]") and not partial.fullmatch("[1] > [2] > [3] > [4] > [2]")
 
 
 def test_random_text_never_crashes_and_always_gives_a_full_order():
