@@ -1,1 +1,1 @@
-"""hardneg cards."""
+"""hardneg cards: generated dataset cards (and, from the trainers, model cards)."""

@@ -80,6 +80,7 @@ class Backend(abc.ABC):
 
     model_id: str
     supports_constraint: frozenset[str] = frozenset()  # subset of {"regex", "json"}
+    concurrency: int = 1  # requests this endpoint takes in flight; the annotator's default
 
     @abc.abstractmethod
     async def generate(self, request: GenerateRequest) -> Generation: ...

@@ -1,0 +1,246 @@
+"""The runner every method uses to ask a judge many questions.
+
+    annotator = Annotator(backend, store, stage="rlhn/stage1", prompt_version="rlhn-v1",
+                          concurrency=8, retry=RetryPolicy(), check=verdict_parses)
+    result = annotator.run_sync([(query_id, GenerateRequest(...)), ...])
+    result.outcomes[query_id].text, result.ledger.summary()
+
+- Keys already final in the store (ok, unparseable, non-retryable failure, same request) are
+  not asked again: no call is paid twice; a rerun retries only retryable failures.
+- The rest run concurrently (asyncio, a semaphore of ``concurrency``). Each call is one
+  backend attempt; retryable errors (429 overloaded, 424/5xx, timeouts, dropped connections)
+  are retried up to ``RetryPolicy.max_attempts`` with jittered exponential backoff; 422 and
+  other validation errors are recorded at once.
+- ``check(text) -> bool`` decides parseability. An unparseable answer is asked again up to
+  ``parse_retries`` times with a different seed, then stored as ``unparseable`` - never dropped.
+- Every result is committed to the store as it arrives; ``Ledger`` counts calls, retries and
+  failures by kind, unparseable answers, cached hits, tokens and wall time.
+
+The backend is anything speaking ``builders.endpoints.base.Backend``; a fleet of endpoints
+for one judge (least-loaded routing) would be one more ``Backend`` that wraps several, so
+nothing here changes for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterable
+
+from tqdm.auto import tqdm
+
+from builders.endpoints.base import Backend, EndpointError, GenerateRequest, Generation
+from builders.store import Judgment, JudgmentStore, Status, request_sha
+
+
+@dataclass
+class RetryPolicy:
+    max_attempts: int = 6  # backend calls per answer for retryable errors (1 = no retry)
+    base_delay_s: float = 1.0  # backoff before retry n is uniform in [d/2, d], d = min(max, base * 2**(n-1))
+    max_delay_s: float = 60.0
+    parse_retries: int = 2  # extra asks (new seed) when check(text) is False
+    attempt_timeout_s: float | None = None  # an outer cap per attempt, on top of the backend's own timeout
+    seed_step: int = 1000  # parse retry n uses seed + n * seed_step
+
+    def backoff_s(self, retry: int, rng: random.Random) -> float:
+        ceiling = min(self.max_delay_s, self.base_delay_s * 2 ** (retry - 1))
+        return rng.uniform(ceiling / 2, ceiling)
+
+
+@dataclass
+class Ledger:
+    """What a run cost and how it went; printed at the end and copied into method stats."""
+
+    items: int = 0
+    cached: int = 0  # final in the store already: not asked
+    calls: int = 0  # backend attempts made (every one is a paid call)
+    ok: int = 0
+    unparseable: int = 0
+    failed: int = 0
+    parse_retries: int = 0
+    retries: Counter = field(default_factory=Counter)  # error kind -> retried attempts
+    failures: Counter = field(default_factory=Counter)  # error kind -> answers given up on
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    wall_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "items": self.items, "cached": self.cached, "calls": self.calls, "ok": self.ok,
+            "unparseable": self.unparseable, "failed": self.failed, "parse_retries": self.parse_retries,
+            "retries": dict(self.retries), "failures": dict(self.failures),
+            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "wall_s": round(self.wall_s, 3),
+        }
+
+    def summary(self) -> str:
+        retries = ", ".join(f"{k} {v}" for k, v in sorted(self.retries.items())) or "none"
+        failures = ", ".join(f"{k} {v}" for k, v in sorted(self.failures.items())) or "none"
+        return (
+            f"{self.items} items: {self.ok} ok, {self.unparseable} unparseable, {self.failed} failed, "
+            f"{self.cached} from the store; {self.calls} calls ({self.parse_retries} parse retries; "
+            f"retries: {retries}; failures: {failures}); tokens {self.prompt_tokens} in / "
+            f"{self.completion_tokens} out; {self.wall_s:.1f} s"
+        )
+
+
+@dataclass
+class Outcome:
+    key: str
+    status: Status
+    text: str | None
+    judgment: Judgment
+    cached: bool  # True: read from the store, no call made in this run
+
+
+@dataclass
+class AnnotationResult:
+    outcomes: dict[str, Outcome]
+    ledger: Ledger
+
+
+class Annotator:
+    def __init__(
+        self,
+        backend: Backend,
+        store: JudgmentStore,
+        *,
+        stage: str,
+        prompt_version: str,
+        concurrency: int | None = None,
+        retry: RetryPolicy | None = None,
+        check: Callable[[str], bool] | None = None,
+        progress: bool = True,
+        seed: int | None = None,  # seeds the backoff jitter (tests)
+    ):
+        self.backend = backend
+        self.store = store
+        self.stage = stage
+        self.prompt_version = prompt_version
+        if concurrency is None:
+            concurrency = backend.concurrency
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.concurrency = concurrency
+        self.retry = retry or RetryPolicy()
+        self.check = check
+        self.progress = progress
+        self._rng = random.Random(seed)
+
+    @property
+    def judge_model(self) -> str:
+        return self.backend.model_id
+
+    # ------------------------------------------------------------------ entry points
+    def run_sync(self, items: Iterable[tuple[str, GenerateRequest]]) -> AnnotationResult:
+        """``run`` for callers that are not async (raises inside a running event loop: await ``run``)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.run(items))
+        raise RuntimeError("Annotator.run_sync was called inside a running event loop; use `await annotator.run(items)`")
+
+    async def run(self, items: Iterable[tuple[str, GenerateRequest]]) -> AnnotationResult:
+        started = time.monotonic()
+        items = list(items)
+        ledger = Ledger(items=len(items))
+        outcomes: dict[str, Outcome] = {}
+        todo: list[tuple[str, GenerateRequest, str]] = []
+        seen: set[str] = set()
+        for key, request in items:
+            if key in seen:
+                raise ValueError(f"{self.stage}: key {key!r} appears twice in one run; keys must be unique per stage")
+            seen.add(key)
+            sha = request_sha(request)
+            stored = self.store.get(self.stage, self.judge_model, self.prompt_version, key)
+            if stored is not None and stored.is_final and stored.request_sha == sha:
+                outcomes[key] = Outcome(key, stored.status, stored.text, stored, cached=True)
+                ledger.cached += 1
+            else:
+                todo.append((key, request, sha))
+
+        bar = tqdm(total=len(items), initial=ledger.cached, desc=f"{self.stage} [{self.judge_model}]",
+                   unit="q", disable=not self.progress, dynamic_ncols=True)
+        semaphore = asyncio.Semaphore(self.concurrency)
+
+        async def one(key: str, request: GenerateRequest, sha: str) -> None:
+            async with semaphore:
+                judgment = await self._judge(key, request, sha, ledger)
+            self.store.put(judgment)  # durable before we count it done
+            outcomes[key] = Outcome(key, judgment.status, judgment.text, judgment, cached=False)
+            bar.update(1)
+            bar.set_postfix(failed=ledger.failed, unparseable=ledger.unparseable,
+                            retries=sum(ledger.retries.values()), refresh=False)
+
+        tasks = [asyncio.create_task(one(*entry)) for entry in todo]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            bar.close()
+            ledger.wall_s = time.monotonic() - started
+        ordered = {key: outcomes[key] for key, _ in items}
+        return AnnotationResult(ordered, ledger)
+
+    # ------------------------------------------------------------------ one key
+    async def _judge(self, key: str, request: GenerateRequest, sha: str, ledger: Ledger) -> Judgment:
+        tally = [0]  # backend calls made for this key
+        texts: list[str] = []
+        base = dict(stage=self.stage, judge_model=self.judge_model, prompt_version=self.prompt_version,
+                    key=key, request_sha=sha)
+        for parse_try in range(self.retry.parse_retries + 1):
+            asked = request
+            if parse_try:
+                ledger.parse_retries += 1
+                asked = replace(request, seed=(request.seed or 0) + parse_try * self.retry.seed_step)
+            try:
+                generation = await self._call(asked, ledger, tally)
+            except EndpointError as error:
+                ledger.failed += 1
+                ledger.failures[error.kind] += 1
+                return Judgment(**base, status="failed", error_kind=error.kind, error_message=error.message[:2000],
+                                retryable=error.retryable, attempts=tally[0],
+                                meta={"status": error.status, "unparseable_texts": texts} if texts else {"status": error.status})
+            if self.check is None or self.check(generation.text):
+                ledger.ok += 1
+                return self._answered(base, "ok", generation, tally[0], texts)
+            texts.append(generation.text)
+        ledger.unparseable += 1
+        return self._answered(base, "unparseable", generation, tally[0], texts[:-1])
+
+    @staticmethod
+    def _answered(base: dict, status: Status, generation: Generation, attempts: int, earlier: list[str]) -> Judgment:
+        meta = dict(generation.meta)
+        if earlier:
+            meta["unparseable_texts"] = earlier
+        return Judgment(**base, status=status, text=generation.text, finish_reason=generation.finish_reason,
+                        prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens,
+                        attempts=attempts, meta=meta)
+
+    async def _call(self, request: GenerateRequest, ledger: Ledger, tally: list[int]) -> Generation:
+        """One answer with bounded retries of retryable errors; ``tally[0]`` counts the calls."""
+        for attempt in range(1, self.retry.max_attempts + 1):
+            ledger.calls += 1
+            tally[0] += 1
+            try:
+                if self.retry.attempt_timeout_s is not None:
+                    generation = await asyncio.wait_for(self.backend.generate(request), self.retry.attempt_timeout_s)
+                else:
+                    generation = await self.backend.generate(request)
+            except asyncio.TimeoutError:
+                error = EndpointError("timeout", f"no answer within attempt_timeout_s={self.retry.attempt_timeout_s}")
+            except EndpointError as caught:
+                error = caught
+            else:
+                ledger.prompt_tokens += generation.prompt_tokens or 0
+                ledger.completion_tokens += generation.completion_tokens or 0
+                return generation
+            if not error.retryable or attempt == self.retry.max_attempts:
+                raise error
+            ledger.retries[error.kind] += 1
+            await asyncio.sleep(self.retry.backoff_s(attempt, self._rng))
+        raise AssertionError("unreachable")

@@ -1,0 +1,188 @@
+"""Any OpenAI-compatible server: ``POST /v1/chat/completions`` (vLLM, SGLang, llama.cpp,
+TGI's Messages API, OpenAI itself).
+
+Constraints travel in the shape each flavour (``EndpointSpec.response_format_style``) reads:
+
+=========  ==============================================================  =====================================
+flavour    JSON schema                                                     regex
+=========  ==============================================================  =====================================
+openai     ``response_format: {"type": "json_schema", "json_schema":        not offered: sent unconstrained
+           {"name", "schema", "strict": true}}``
+vllm       same as openai                                                  ``structured_outputs: {"regex": ...}``
+                                                                           (vLLM >= 0.12; ``guided_regex`` before)
+sglang     same as openai                                                  top-level ``regex``
+llamacpp   ``response_format: {"type": "json_object", "schema": ...}``      not offered: sent unconstrained
+tgi        ``response_format: {"type": "json", "value": ...}``              ``{"type": "regex", "value": ...}``
+=========  ==============================================================  =====================================
+
+An unconstrained send is marked ``meta["constraint"] = "not enforced"`` and the annotator's
+parse check still decides. ``score`` uses ``/v1/completions`` with ``echo`` + ``logprobs``
+(vLLM's prompt logprobs); llama.cpp's echo logprobs are shifted by a token, so that flavour
+refuses to score.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx2
+
+from builders.endpoints import EndpointSpec, error_for_status, render_chat_prompt
+from builders.endpoints.base import Backend, Constraint, EndpointError, GenerateRequest, Generation, ScoreRequest, TokenScore
+from builders.endpoints.tgi import map_client_error
+
+REGEX_FLAVOURS = frozenset({"vllm", "sglang", "tgi"})
+
+
+def constraint_fields(constraint: Constraint, style: str) -> dict:
+    """The request-body fields that carry ``constraint`` for a server flavour ({} when the
+    flavour cannot enforce it)."""
+    if constraint.kind == "json":
+        schema = json.loads(constraint.value) if isinstance(constraint.value, str) else constraint.value
+        if style == "tgi":
+            return {"response_format": {"type": "json", "value": schema}}
+        if style == "llamacpp":
+            return {"response_format": {"type": "json_object", "schema": schema}}
+        return {"response_format": {"type": "json_schema", "json_schema": {"name": "judgment", "schema": schema, "strict": True}}}
+    if constraint.kind == "regex":
+        if style == "tgi":
+            return {"response_format": {"type": "regex", "value": constraint.value}}
+        if style == "vllm":
+            return {"structured_outputs": {"regex": constraint.value}}
+        if style == "sglang":
+            return {"regex": constraint.value}
+        return {}
+    raise ValueError(f"constraint kind {constraint.kind!r} is not 'regex' or 'json'")
+
+
+def _error_message(response: httpx2.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500] or response.reason_phrase
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            return str(error.get("message") or error)
+        return str(error or body.get("message") or body)[:500]
+    return str(body)[:500]
+
+
+class OpenAIBackend(Backend):
+    def __init__(self, spec: EndpointSpec, tokenizer=None):
+        if not spec.url:
+            raise ValueError("an openai endpoint needs `url` (e.g. http://127.0.0.1:8000 or .../v1)")
+        self.spec = spec
+        self.concurrency = spec.concurrency
+        base = spec.url.rstrip("/")
+        self.base_url = base[: -len("/v1")] if base.endswith("/v1") else base
+        self.model_id = spec.model or self.base_url
+        self.tokenizer = tokenizer
+        self.style = spec.response_format_style
+        self.supports_constraint = frozenset({"json", "regex"} if self.style in REGEX_FLAVOURS else {"json"})
+        token = spec.api_key()
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx2.AsyncClient(timeout=spec.timeout_s, follow_redirects=True)
+        self._served_model: str | None = spec.model
+
+    def count_tokens(self, text: str) -> int | None:
+        if self.tokenizer is None:
+            return None
+        return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    async def _post(self, route: str, body: dict) -> tuple[dict, httpx2.Response]:
+        url = f"{self.base_url}{route}"
+        try:
+            response = await self._http.post(url, json=body, headers=self._headers)
+            if response.status_code >= 400:
+                raise error_for_status(response.status_code, f"POST {route}: {_error_message(response)}")
+            payload = response.json()
+            if not isinstance(payload, dict) or not payload.get("choices"):
+                raise EndpointError("protocol", f"{url} answered without `choices`: {response.text[:300]}")
+            return payload, response
+        except Exception as error:  # noqa: BLE001 - every failure becomes an EndpointError
+            raise map_client_error(error, url) from error
+
+    async def served_model(self) -> str:
+        """The ``model`` field: the spec's, else the first of ``GET /v1/models``."""
+        if self._served_model is None:
+            try:
+                response = await self._http.get(f"{self.base_url}/v1/models", headers=self._headers)
+                if response.status_code >= 400:
+                    raise error_for_status(response.status_code, f"GET /v1/models: {_error_message(response)}")
+                self._served_model = response.json()["data"][0]["id"]
+            except Exception as error:  # noqa: BLE001
+                raise map_client_error(error, self.base_url) from error
+        return self._served_model
+
+    async def generate(self, request: GenerateRequest) -> Generation:
+        max_tokens = request.max_new_tokens
+        if self.spec.max_new_tokens is not None:
+            max_tokens = min(max_tokens, self.spec.max_new_tokens)
+        body: dict = {
+            "model": await self.served_model(),
+            "messages": [dict(message) for message in request.messages],
+            "max_tokens": max_tokens,
+            "temperature": max(request.temperature, 0.0),
+        }
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.stop:
+            body["stop"] = list(request.stop)
+        meta: dict = {"url": self.base_url}
+        if request.constraint is not None:
+            fields = constraint_fields(request.constraint, self.style)
+            body.update(fields)
+            meta["constraint"] = "enforced" if fields else "not enforced"
+        payload, _ = await self._post("/v1/chat/completions", body)
+        choice = payload["choices"][0]
+        message = choice.get("message") or {}
+        usage = payload.get("usage") or {}
+        return Generation(
+            text=message.get("content") or "",
+            finish_reason=choice.get("finish_reason") or "unknown",
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            meta=meta,
+        )
+
+    async def score(self, request: ScoreRequest) -> list[TokenScore]:
+        """Prompt-token log-probabilities from ``/v1/completions`` with ``echo: true, logprobs: 1,
+        max_tokens: 0`` (vLLM). The prompt is rendered here (the judge tokenizer's chat template,
+        or the plain rendering): ``/v1/completions`` applies no template. Offsets come from
+        ``text_offset``; the continuation is located at the end of the echoed text."""
+        if self.style == "llamacpp":
+            raise EndpointError(
+                "validation",
+                "llama.cpp's echo logprobs are shifted by one token (upstream issues #1983, #1276): "
+                "score with a vLLM server, TGI with --enable-prefill-logprobs, or a local backend",
+                retryable=False,
+            )
+        prompt = render_chat_prompt(request.messages, self.tokenizer)
+        body = {"model": await self.served_model(), "prompt": prompt + request.continuation,
+                "echo": True, "logprobs": 1, "max_tokens": 0, "temperature": 0.0}
+        payload, _ = await self._post("/v1/completions", body)
+        choice = payload["choices"][0]
+        logprobs = choice.get("logprobs") or {}
+        tokens, values, offsets = logprobs.get("tokens"), logprobs.get("token_logprobs"), logprobs.get("text_offset")
+        echoed = choice.get("text") or ""
+        if not tokens or values is None or offsets is None or not echoed.endswith(request.continuation):
+            raise EndpointError(
+                "protocol",
+                f"{self.base_url}/v1/completions gave no echoed prompt logprobs (tokens, token_logprobs, text_offset); "
+                f"the server must support `echo` with `logprobs` (vLLM does)",
+                retryable=False,
+            )
+        start = len(echoed) - len(request.continuation)
+        ends = list(offsets[1:]) + [len(echoed)]
+        scores = []
+        for token, value, begin, end in zip(tokens, values, offsets, ends):
+            if end <= start or end <= begin:
+                continue
+            if value is None:
+                raise EndpointError("protocol", f"{self.base_url}: no logprob for continuation token {token!r}")
+            scores.append(TokenScore(token, float(value), max(begin - start, 0), end - start))
+        return scores
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

@@ -1,0 +1,137 @@
+"""A YAML recipe names a whole build; command-line overrides change any key.
+
+    sources: [{path: builders/data/sample/retrieval-nq.jsonl, subset: nq}]
+    validation: {policy: skip}
+    judges:
+      stage1: {kind: local}
+      stage2: {kind: openai, url: https://api.openai.com, model: gpt-4o, api_key_env: OPENAI_API_KEY}
+    rlhn: {negatives_per_prompt: 4, refine: {max_flagged: 8}}
+    output: {folder: out/sample, rows_per_shard: 100000}
+    card: {license: mit, pretty_name: ...}
+
+Overrides: ``--set rlhn.refine.max_flagged=4`` or ``--rlhn.refine.max_flagged 4``; values are
+read as YAML (``null``, ``4``, ``[a, b]``, ``true``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from builders.endpoints import EndpointSpec
+from builders.refine import RefineSettings
+from builders.rlhn import RlhnSettings
+from builders.sources import SourceConfig
+
+
+@dataclass
+class ValidationConfig:
+    policy: typing.Literal["skip", "fail", "repair"] = "skip"
+
+
+@dataclass
+class JudgesConfig:
+    stage1: EndpointSpec = field(default_factory=EndpointSpec)
+    stage2: EndpointSpec | None = None  # None: stage 1's verdict is final (single-judge build)
+
+
+@dataclass
+class OutputConfig:
+    folder: str = "out/dataset"
+    rows_per_shard: int | None = 100_000
+    store: str | None = None  # judgment store (SQLite); default: .hardneg-cache/<name>/judgments.sqlite
+    bge_jsonl: bool = False  # also write <folder>/bge/<config>.jsonl for FlagEmbedding
+
+
+@dataclass
+class CardConfig:
+    license: str = "other"  # inherited from the source: mit for the bundled sample, cc-by-sa-4.0 for rlhn/*
+    pretty_name: str | None = None
+    source_dataset: str | None = None  # e.g. cfli/bge-full-data
+    source_revision: str | None = None
+    language: list[str] = field(default_factory=lambda: ["en"])
+
+
+@dataclass
+class DryRunConfig:
+    stage2_share: float = 0.72  # share of queries stage 1 flags (RLHN fixtures: 36 of 50)
+    tokenizer: str | None = None  # a tokenizer to count prompt tokens when the judge has none
+
+
+@dataclass
+class Recipe:
+    name: str = "hardneg-build"
+    sources: list[SourceConfig] = field(default_factory=list)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    judges: JudgesConfig = field(default_factory=JudgesConfig)
+    rlhn: RlhnSettings = field(default_factory=RlhnSettings)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    card: CardConfig = field(default_factory=CardConfig)
+    dry_run: DryRunConfig = field(default_factory=DryRunConfig)
+
+
+def _build(tp, value, where: str):
+    """Turn plain YAML data into the annotated type ``tp`` (dataclasses, lists, optionals)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _build(args[0], value, where) if len(args) == 1 else value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"recipe key {where or '<root>'} must be a mapping, got {value!r}")
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ValueError(f"unknown recipe key(s) {', '.join(f'{where}.{k}'.lstrip('.') for k in unknown)}; known: {sorted(names)}")
+        return tp(**{k: _build(hints[k], v, f"{where}.{k}".lstrip(".")) for k, v in value.items()})
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            value = [value]
+        return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def apply_override(data: dict, dotted: str, raw: str) -> None:
+    """``data['a']['b']['c'] = yaml(raw)`` for ``dotted='a.b.c'``; list items by index (``sources.0.limit``)."""
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        if isinstance(node, list):
+            node = node[int(k)]
+        else:
+            if not isinstance(node.get(k), (dict, list)):
+                node[k] = {}
+            node = node[k]
+    value = yaml.safe_load(raw) if raw != "" else None
+    if isinstance(node, list):
+        node[int(keys[-1])] = value
+    else:
+        node[keys[-1]] = value
+
+
+def load_recipe(path: str | Path | None, overrides: list[tuple[str, str]] = ()) -> Recipe:
+    data: dict = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    for dotted, raw in overrides:
+        apply_override(data, dotted, raw)
+    return _build(Recipe, data, "")
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)
+
+
+__all__ = ["Recipe", "ValidationConfig", "JudgesConfig", "OutputConfig", "CardConfig", "DryRunConfig", "RefineSettings", "load_recipe", "apply_override"]

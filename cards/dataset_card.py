@@ -1,0 +1,136 @@
+"""The generated dataset card (README.md of the output folder).
+
+``render_dataset_card(info)`` fills ``templates/dataset_card.md.j2`` from a ``DatasetCardInfo``:
+YAML metadata (license inherited from the source, task categories, the ``configs:`` list),
+source and revision, sources kept, judges and prompt versions per stage, counts per subset
+and technique, the command that reproduces the build, an empty ``## Changelog`` between the
+two markers (the publish step fills it), and citations. It is generic over
+``MethodResult``s: every method (RLHN, ARHN, CLEAR, PercPos) gets its own section with its
+judges and counters, side by side, without template changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from builders.method import MethodResult
+
+CHANGELOG_START = "<!-- hardneg:changelog:start -->"
+CHANGELOG_END = "<!-- hardneg:changelog:end -->"
+
+CITATIONS = {
+    "rlhn": """@article{thakur2025rlhn,
+  title   = {Hard Negatives, Hard Lessons: Revisiting Training Data Quality for Robust Information Retrieval with LLMs},
+  author  = {Thakur, Nandan and Zhang, Crystina and Ma, Xueguang and Lin, Jimmy},
+  journal = {arXiv preprint arXiv:2505.16967},
+  year    = {2025}
+}""",
+    "bge": """@misc{bge_embedding,
+  title         = {C-Pack: Packaged Resources To Advance General Chinese Embedding},
+  author        = {Shitao Xiao and Zheng Liu and Peitian Zhang and Niklas Muennighoff},
+  year          = {2023},
+  eprint        = {2309.07597},
+  archivePrefix = {arXiv}
+}""",
+}
+
+
+@dataclass
+class DatasetCardInfo:
+    pretty_name: str
+    license: str
+    configs: list[dict]  # README `configs:` entries (builders.writers.configs_yaml_entries)
+    results: list[MethodResult]
+    command: str
+    source_datasets: list[str] = field(default_factory=list)  # Hub ids, or descriptions of local files
+    source_revision: str | None = None
+    sources_kept: list[str] = field(default_factory=list)  # subset names in the output
+    rows_per_config: dict[str, int] = field(default_factory=dict)
+    validation: dict = field(default_factory=dict)  # ValidationReport.to_dict()
+    settings: dict = field(default_factory=dict)  # method settings worth stating (max_flagged, windows, ...)
+    language: list[str] = field(default_factory=lambda: ["en"])
+    citations: list[str] = field(default_factory=lambda: ["rlhn", "bge"])
+    task_categories: list[str] = field(default_factory=lambda: ["text-retrieval"])
+
+
+def size_category(n: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+        if n < limit:
+            return name
+    return "10M<n<100M"
+
+
+def card_metadata(info: DatasetCardInfo) -> dict:
+    meta = {
+        "license": info.license,
+        "language": info.language,
+        "task_categories": info.task_categories,
+        "tags": ["hard-negatives", "false-negatives", "llm-judge", "hardneg", *sorted({r.name for r in info.results})],
+        "size_categories": [size_category(max(info.rows_per_config.values(), default=0))],
+        "pretty_name": info.pretty_name,
+        "configs": info.configs,
+    }
+    hub_sources = [s for s in info.source_datasets if "/" in s and not s.startswith((".", "/")) and " " not in s]
+    if hub_sources:
+        meta["source_datasets"] = hub_sources
+    return meta
+
+
+def _stat_tables(result: MethodResult) -> tuple[list[str], list[list], list[str], list[list]]:
+    """(general columns, rows per subset), (technique columns, rows per subset x technique)."""
+    general: list[str] = []
+    per_tech: dict[str, set] = {}
+    for counters in result.stats.values():
+        for k in counters:
+            if ":" in k:
+                tech, what = k.split(":", 1)
+                per_tech.setdefault(tech, set()).add(what)
+            elif k not in general:
+                general.append(k)
+    subsets = sorted(result.stats)
+    g_rows = [[s] + [_fmt(result.stats[s].get(c, 0)) for c in general] for s in subsets]
+    t_cols = sorted({w for ws in per_tech.values() for w in ws}, key=lambda w: (w != "rows", w != "positives", w != "negatives", w))
+    t_rows = []
+    for tech in result.configs or per_tech:
+        for s in subsets:
+            t_rows.append([tech, s] + [_fmt(result.stats[s].get(f"{tech}:{c}", 0)) for c in t_cols])
+    return general, g_rows, t_cols, t_rows
+
+
+def _fmt(v) -> str:
+    return f"{v:,}" if isinstance(v, int) else f"{v:,.2f}" if isinstance(v, float) else str(v)
+
+
+def render_dataset_card(info: DatasetCardInfo) -> str:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    methods = []
+    for r in info.results:
+        general, g_rows, t_cols, t_rows = _stat_tables(r)
+        methods.append({"name": r.name, "judges": r.judges, "configs": list(r.configs), "general": general, "g_rows": g_rows, "t_cols": t_cols, "t_rows": t_rows})
+    front = yaml.safe_dump(card_metadata(info), sort_keys=False, allow_unicode=True, width=1000).strip()
+    default_config = info.configs[0]["config_name"] if info.configs else "default"
+    return env.get_template("dataset_card.md.j2").render(
+        front_matter=front,
+        info=info,
+        methods=methods,
+        default_config=default_config,
+        citations=[CITATIONS[c] for c in info.citations if c in CITATIONS],
+        changelog_start=CHANGELOG_START,
+        changelog_end=CHANGELOG_END,
+    )
+
+
+def write_dataset_card(folder: str | Path, info: DatasetCardInfo) -> Path:
+    path = Path(folder) / "README.md"
+    path.write_text(render_dataset_card(info), encoding="utf-8")
+    return path

@@ -1,0 +1,1 @@
+"""Protocol stand-ins for servers the project talks to (127.0.0.1, ephemeral ports)."""
