@@ -7,6 +7,9 @@ scenario:
 - ``builder``: this project's client, ``Fleet`` (least-loaded routing, AIMD limits, moves
   failed calls to other endpoints) under the ``Annotator`` (jittered-backoff retries, durable
   SQLite store), each request a TGI ``/generate`` or OpenAI-compatible chat call;
+- ``builder-lean``: the same fleet and annotator over a lean aiohttp transport
+  (``bench/lean_transport.py``) with the store on tmpfs: what the routing and retry logic reach
+  when neither the HTTP client library nor the disk's fsync is the bottleneck;
 - ``sequential``: one request at a time, up to 3 attempts with exponential backoff, the style
   of the reference RLHN scripts (an OpenAI client in a loop), round-robin over the URLs;
 - ``gather``: batches sent with ``asyncio.gather`` and no retries, failures lost (distilabel's
@@ -46,11 +49,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx2  # noqa: E402
 
+from bench.lean_transport import LeanChatBackend, LeanTGIBackend  # noqa: E402
 from bench.simulator import SimulatorConfig, SimulatorProcess  # noqa: E402
 from builders.annotate import Annotator, RetryPolicy  # noqa: E402
 from builders.endpoints import EndpointSpec  # noqa: E402
 from builders.endpoints.base import GenerateRequest  # noqa: E402
-from builders.fleet import Fleet, FleetConfig  # noqa: E402
+from builders.fleet import Fleet, FleetConfig, FleetEndpoint  # noqa: E402
 from builders.store import JudgmentStore  # noqa: E402
 
 
@@ -128,11 +132,19 @@ async def kill_later(simulator: SimulatorProcess, delay_s: float, started: float
 
 
 # --- the three clients ------------------------------------------------------------------------
-async def run_builder(scenario: Scenario, urls: list[str], n: int, simulator, kill_delay, args) -> Result:
-    specs = [EndpointSpec(kind=kind, url=url, model="simulated-judge", timeout_s=10.0, concurrency=8)
-             for kind, url in zip(scenario.kinds, urls)]
-    fleet = Fleet.from_specs(specs, FleetConfig())
-    with tempfile.TemporaryDirectory() as folder, JudgmentStore(Path(folder) / "judgments.sqlite") as store:
+async def run_builder(scenario: Scenario, urls: list[str], n: int, simulator, kill_delay, args, lean: bool = False) -> Result:
+    """Fleet + Annotator + durable store. ``lean``: the same over ``bench/lean_transport.py``
+    (aiohttp) with the store in ``--lean-store-dir`` (tmpfs: no fsync wait)."""
+    if lean:
+        backends = [(LeanTGIBackend if kind == "tgi" else LeanChatBackend)(url, "simulated-judge")
+                    for kind, url in zip(scenario.kinds, urls)]
+        fleet = Fleet([FleetEndpoint(backend, url=url) for backend, url in zip(backends, urls)], FleetConfig())
+    else:
+        specs = [EndpointSpec(kind=kind, url=url, model="simulated-judge", timeout_s=10.0, concurrency=8)
+                 for kind, url in zip(scenario.kinds, urls)]
+        fleet = Fleet.from_specs(specs, FleetConfig())
+    store_dir = args.lean_store_dir if lean else args.store_dir
+    with tempfile.TemporaryDirectory(dir=store_dir) as folder, JudgmentStore(Path(folder) / "judgments.sqlite") as store:
         annotator = Annotator(fleet, store, stage="bench", prompt_version="bench-v1", progress=False, seed=0,
                               retry=RetryPolicy(base_delay_s=args.retry_base_s, max_attempts=args.max_attempts))
         items = [(f"q{i}", request_for(i)) for i in range(n)]
@@ -150,7 +162,7 @@ async def run_builder(scenario: Scenario, urls: list[str], n: int, simulator, ki
                             "succeeded": s.succeeded, "overloaded": s.overloaded, "failed": s.failed,
                             "moved": s.moved, "deaths": s.deaths, "max_in_flight": s.max_in_flight}
                            for s in fleet.stats()]}
-    return Result(scenario.name, "builder", n, answered, n - answered, wall, cpu_ms,
+    return Result(scenario.name, "builder-lean" if lean else "builder", n, answered, n - answered, wall, cpu_ms,
                   capacity_over_run(scenario, wall, mark.get("killed_at")), extra)
 
 
@@ -217,8 +229,9 @@ def run_one(scenario: Scenario, client: str, n: int, args) -> Result:
     with SimulatorProcess(*scenario.servers, lifetime_s=args.lifetime_s) as simulator:
         expected_s = n / scenario.capacity if client != "sequential" else n * args.service_ms / 1000
         kill_delay = scenario.kill_at_share * expected_s if scenario.kill_at_share else None
-        if client == "builder":
-            result = asyncio.run(run_builder(scenario, simulator.urls, n, simulator, kill_delay, args))
+        if client in ("builder", "builder-lean"):
+            result = asyncio.run(run_builder(scenario, simulator.urls, n, simulator, kill_delay, args,
+                                             lean=client == "builder-lean"))
         elif client == "gather":
             result = asyncio.run(run_gather(scenario, simulator.urls, n, simulator, kill_delay, args))
         else:
@@ -229,15 +242,15 @@ def run_one(scenario: Scenario, client: str, n: int, args) -> Result:
 
 
 def render(results: list[Result], all_scenarios: dict[str, Scenario]) -> str:
-    lines = [f"{'scenario':<9}{'client':<12}{'requests':>9}{'answered':>9}{'lost':>6}{'wall s':>8}"
+    lines = [f"{'scenario':<9}{'client':<14}{'requests':>9}{'answered':>9}{'lost':>6}{'wall s':>8}"
              f"{'req/s':>9}{'capacity':>10}{'share':>7}{'CPU ms/req':>11}  goal"]
     for r in results:
         goal = all_scenarios[r.scenario].goal_share
         verdict = ""
-        if r.client == "builder":
+        if r.client.startswith("builder"):
             met = r.lost == 0 and (goal is None or r.share >= goal)
             verdict = f"{'>= ' + format(goal, '.2f') + ' share, ' if goal else ''}0 lost: {'MET' if met else 'NOT MET'}"
-        lines.append(f"{r.scenario:<9}{r.client:<12}{r.requests:>9}{r.answered:>9}{r.lost:>6}{r.wall_s:>8.2f}"
+        lines.append(f"{r.scenario:<9}{r.client:<14}{r.requests:>9}{r.answered:>9}{r.lost:>6}{r.wall_s:>8.2f}"
                      f"{r.requests_per_s:>9.1f}{r.capacity:>10.1f}{r.share:>7.3f}{r.cpu_ms_per_request:>11.2f}  {verdict}")
     return "\n".join(lines)
 
@@ -248,7 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequential-requests", type=int, default=100, help="requests of the sequential client")
     parser.add_argument("--service-ms", type=float, default=200.0, help="service time S of one request")
     parser.add_argument("--scenarios", default="a,b,c")
-    parser.add_argument("--clients", default="builder,sequential,gather")
+    parser.add_argument("--clients", default="builder,builder-lean,sequential,gather")
+    parser.add_argument("--store-dir", default=None, help="folder of the builder's judgment store (default: the temp dir)")
+    parser.add_argument("--lean-store-dir", default="/dev/shm" if Path("/dev/shm").is_dir() else None,
+                        help="folder of builder-lean's judgment store (default /dev/shm: no fsync wait)")
     parser.add_argument("--batch-size", type=int, default=50, help="gather client's batch (distilabel's default 50)")
     parser.add_argument("--retry-base-s", type=float, default=RetryPolicy().base_delay_s,
                         help="Annotator backoff base (its default unless given)")
@@ -266,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             n = args.sequential_requests if client == "sequential" else args.requests
             result = run_one(scenario, client, n, args)
             results.append(result)
-            print(f"  {client:<11} {result.answered}/{n} answered in {result.wall_s:.2f} s, share {result.share:.3f}, "
+            print(f"  {client:<13} {result.answered}/{n} answered in {result.wall_s:.2f} s, share {result.share:.3f}, "
                   f"lost {result.lost}, {result.cpu_ms_per_request:.2f} CPU ms/request", flush=True)
     print()
     print(render(results, all_scenarios))
@@ -276,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json_out.write_text(json.dumps([{**vars(r), "requests_per_s": r.requests_per_s, "share": r.share}
                                              for r in results], indent=1))
     builder_ok = all(r.lost == 0 and (all_scenarios[r.scenario].goal_share is None or r.share >= all_scenarios[r.scenario].goal_share)
-                     for r in results if r.client == "builder")
+                     for r in results if r.client.startswith("builder"))
     return 0 if builder_ok else 1
 
 

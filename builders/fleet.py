@@ -19,7 +19,9 @@ while capacity exists elsewhere; when none does (every endpoint tried, dead, or
 ``max_moves`` re-sends spent) the last error surfaces to the caller, whose retry path
 (``builders.annotate``) backs off and tries again. A 422 is never moved: the request is wrong.
 
-An endpoint whose ``dead_after`` consecutive attempts failed is dead: no new calls; a probe
+An endpoint is dead when ``dead_after`` consecutive attempts failed and no call sent before
+the first of them is still being served (fast 503s next to slow answers are not death): no
+new calls; a probe
 task checks ``GET /health`` on a jittered exponential backoff and rejoins it (with a fresh
 ``/info`` limit, in slow start). Endpoints without a URL rejoin on the backoff with limit 1
 (one request tests them). No threads: everything runs on the caller's event loop.
@@ -28,6 +30,7 @@ task checks ``GET /health`` on a jittered exponential backoff and rejoins it (wi
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import random
 import time
@@ -106,6 +109,8 @@ class _Member:
         self.threshold = math.inf  # slow-start threshold
         self.decreased_at = -math.inf
         self.consecutive_failures = 0
+        self.streak_started = 0.0  # when the current run of failures began
+        self.sent: dict[int, float] = {}  # ticket -> send time of each call in flight
         self.probe: asyncio.Task | None = None
 
     @property
@@ -138,6 +143,7 @@ class Fleet(Backend):
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self._random = random.Random(0)
+        self._tickets = itertools.count()
 
     @classmethod
     def from_specs(cls, specs: list[EndpointSpec], config: FleetConfig | None = None) -> "Fleet":
@@ -219,10 +225,12 @@ class Fleet(Backend):
             if previous is not None:
                 previous.stats.moved += 1  # the failed attempt found another slot: the caller never sees it
             sent = time.monotonic()
+            ticket = next(self._tickets)
+            member.sent[ticket] = sent
             try:
                 result = await call(member.backend)
             except EndpointError as error:
-                self._release(member, sent)
+                self._release(member, ticket)
                 self._on_failure(member, error, sent)
                 if error.kind == "validation" or attempt == self.config.max_moves:
                     raise
@@ -231,9 +239,9 @@ class Fleet(Backend):
                     tried.add(member.index)
                 continue
             except BaseException:
-                self._release(member, sent)
+                self._release(member, ticket)
                 raise
-            self._release(member, sent)
+            self._release(member, ticket)
             self._on_success(member, result, sent)
             return result
         raise AssertionError("unreachable: the last attempt returns or raises")
@@ -251,7 +259,7 @@ class Fleet(Backend):
             return await waiter.future
         except asyncio.CancelledError:
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
-                self._release(waiter.future.result(), time.monotonic())  # handed a slot, then cancelled
+                self._release(waiter.future.result(), None)  # handed a slot, then cancelled
             raise
 
     def _pick(self, tried: set) -> _Member | None:
@@ -270,9 +278,10 @@ class Fleet(Backend):
         stats.attempts += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
 
-    def _release(self, member: _Member, sent: float) -> None:
+    def _release(self, member: _Member, ticket: int | None) -> None:
         member.stats.in_flight -= 1
-        member.stats.busy_s += time.monotonic() - sent
+        if ticket is not None:
+            member.stats.busy_s += time.monotonic() - member.sent.pop(ticket)
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -347,9 +356,14 @@ class Fleet(Backend):
         stats.failed += 1
         if error.kind == "validation":
             return  # the request's fault, not the endpoint's
+        if member.consecutive_failures == 0:
+            member.streak_started = sent
         member.consecutive_failures += 1
-        if member.consecutive_failures >= self.config.dead_after and stats.healthy:
-            self._mark_dead(member, error)
+        if member.consecutive_failures < self.config.dead_after or not stats.healthy:
+            return
+        if any(started < member.streak_started for started in member.sent.values()):
+            return  # calls sent before the failures began are still being served: it is alive
+        self._mark_dead(member, error)
 
     def _mark_dead(self, member: _Member, error: EndpointError) -> None:
         member.stats.healthy = False
