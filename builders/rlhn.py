@@ -260,6 +260,8 @@ async def judge_stage(stage: Stage, rows: list[QueryRow], s: RlhnSettings, store
 def _count_stage(stats, rows: list[QueryRow], per_row: dict, decisions: dict[str, Decision], stage: str) -> None:
     for row in rows:
         c = stats[row.subset]
+        for always in (f"flagged_{stage}", f"unparsed_{stage}", f"failed_{stage}", "parse_failures"):
+            c[always] += 0  # shown as 0 in the card rather than missing
         c[f"judged_{stage}"] += 1
         status = decisions[row_key(row)].status
         c[{"flagged": f"flagged_{stage}", "clean": f"clean_{stage}", "unparsed": f"unparsed_{stage}", "failed": f"failed_{stage}"}.get(status, f"not_judged_{stage}")] += 1

@@ -144,7 +144,16 @@ class JudgmentStore:
             raise
 
     # ------------------------------------------------------------------ reading
+    def _empty_for_reader(self) -> bool:
+        """A reader that opened the file before the writer created its table sees an empty store."""
+        if not self.readonly:
+            return False
+        found = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='judgments'").fetchone()
+        return found is None
+
     def get(self, stage: str, judge_model: str, prompt_version: str, key: str) -> Judgment | None:
+        if self._empty_for_reader():
+            return None
         row = self._conn.execute(
             f"SELECT {', '.join(_COLUMNS)} FROM judgments WHERE stage=? AND judge_model=? AND prompt_version=? AND key=?",
             (stage, judge_model, prompt_version, key),
@@ -154,6 +163,8 @@ class JudgmentStore:
     def judgments(self, stage: str | None = None, judge_model: str | None = None,
                   prompt_version: str | None = None, status: Status | None = None) -> Iterator[Judgment]:
         """All judgments matching the given fields (None: any), in key order."""
+        if self._empty_for_reader():
+            return
         where, params = [], []
         for column, value in (("stage", stage), ("judge_model", judge_model),
                               ("prompt_version", prompt_version), ("status", status)):

@@ -96,7 +96,7 @@ def configs_yaml_entries(config_names: list[str], default: str | None = None) ->
     entries = []
     for name in config_names:
         e = {"config_name": name, "data_files": [{"split": "train", "path": f"{name}/train-*"}]}
-        if name == default and name != "default":
+        if name == default and "default" not in config_names:  # a config named `default` is the default
             e["default"] = True
         entries.append(e)
     return entries

@@ -24,14 +24,14 @@ CHANGELOG_END = "<!-- hardneg:changelog:end -->"
 
 CITATIONS = {
     "rlhn": """@article{thakur2025rlhn,
-  title   = {Hard Negatives, Hard Lessons: Revisiting Training Data Quality for Robust Information Retrieval with LLMs},
+  title   = {Fixing Data That Hurts Performance: Cascading LLMs to Relabel Hard Negatives for Robust Information Retrieval},
   author  = {Thakur, Nandan and Zhang, Crystina and Ma, Xueguang and Lin, Jimmy},
   journal = {arXiv preprint arXiv:2505.16967},
   year    = {2025}
 }""",
     "bge": """@misc{bge_embedding,
   title         = {C-Pack: Packaged Resources To Advance General Chinese Embedding},
-  author        = {Shitao Xiao and Zheng Liu and Peitian Zhang and Niklas Muennighoff},
+  author        = {Shitao Xiao and Zheng Liu and Peitian Zhang and Niklas Muennighoff and Defu Lian and Jian-Yun Nie},
   year          = {2023},
   eprint        = {2309.07597},
   archivePrefix = {arXiv}
@@ -80,25 +80,44 @@ def card_metadata(info: DatasetCardInfo) -> dict:
     return meta
 
 
-def _stat_tables(result: MethodResult) -> tuple[list[str], list[list], list[str], list[list]]:
-    """(general columns, rows per subset), (technique columns, rows per subset x technique)."""
-    general: list[str] = []
+# Columns a reader looks for first; any other counter follows in alphabetical order.
+FIRST_COLUMNS = (
+    "rows_in", "positives_in", "negatives_in", "negatives_not_judged",
+    "judged_stage1", "flagged_stage1", "unparsed_stage1", "failed_stage1",
+    "judged_stage2", "flagged_stage2", "unparsed_stage2", "failed_stage2",
+    "parse_failures", "rows_with_false_negatives", "false_negatives", "rows_over_max_flagged",
+    "rows_unparsed", "rows_failed",
+)
+COST_PREFIXES = ("judge_calls", "prompt_tokens", "completion_tokens")
+
+
+def _column_order(name: str) -> tuple:
+    return (FIRST_COLUMNS.index(name) if name in FIRST_COLUMNS else len(FIRST_COLUMNS), name)
+
+
+def _stat_tables(result: MethodResult) -> tuple[list[str], list[list], list[str], list[list], list[str], list[list]]:
+    """(counts columns, rows per subset), (technique columns, rows per technique x subset),
+    (cost columns, rows per subset)."""
+    general: set[str] = set()
     per_tech: dict[str, set] = {}
     for counters in result.stats.values():
         for k in counters:
             if ":" in k:
                 tech, what = k.split(":", 1)
                 per_tech.setdefault(tech, set()).add(what)
-            elif k not in general:
-                general.append(k)
+            else:
+                general.add(k)
+    cost = sorted((k for k in general if k.startswith(COST_PREFIXES)), key=lambda k: (k.rsplit("_", 1)[-1], k))
+    general = sorted((k for k in general if k not in cost), key=_column_order)
     subsets = sorted(result.stats)
     g_rows = [[s] + [_fmt(result.stats[s].get(c, 0)) for c in general] for s in subsets]
+    c_rows = [[s] + [_fmt(result.stats[s].get(c, 0)) for c in cost] for s in subsets]
     t_cols = sorted({w for ws in per_tech.values() for w in ws}, key=lambda w: (w != "rows", w != "positives", w != "negatives", w))
     t_rows = []
     for tech in result.configs or per_tech:
         for s in subsets:
             t_rows.append([tech, s] + [_fmt(result.stats[s].get(f"{tech}:{c}", 0)) for c in t_cols])
-    return general, g_rows, t_cols, t_rows
+    return general, g_rows, t_cols, t_rows, cost, c_rows
 
 
 def _fmt(v) -> str:
@@ -115,8 +134,9 @@ def render_dataset_card(info: DatasetCardInfo) -> str:
     )
     methods = []
     for r in info.results:
-        general, g_rows, t_cols, t_rows = _stat_tables(r)
-        methods.append({"name": r.name, "judges": r.judges, "configs": list(r.configs), "general": general, "g_rows": g_rows, "t_cols": t_cols, "t_rows": t_rows})
+        general, g_rows, t_cols, t_rows, cost, c_rows = _stat_tables(r)
+        methods.append({"name": r.name, "judges": r.judges, "configs": list(r.configs), "general": general, "g_rows": g_rows,
+                        "t_cols": t_cols, "t_rows": t_rows, "cost": cost, "c_rows": c_rows})
     front = yaml.safe_dump(card_metadata(info), sort_keys=False, allow_unicode=True, width=1000).strip()
     default_config = info.configs[0]["config_name"] if info.configs else "default"
     return env.get_template("dataset_card.md.j2").render(

@@ -54,8 +54,10 @@ class EndpointSpec:
     def model_id(self) -> str:
         """The name the judgment store and the dataset card record for this judge."""
         if self.kind == "local":
-            return self.model or "HuggingFaceTB/SmolLM2-135M-Instruct (bundled GGUF Q4_1)"
-        return self.model or self.url or "unknown"
+            if self.model:
+                return self.model + (f"/{self.gguf_file}" if self.gguf_file else "")
+            return self.gguf_file or "HuggingFaceTB/SmolLM2-135M-Instruct (bundled GGUF Q4_1)"
+        return self.model or self.tokenizer or self.url or "unknown"
 
     def api_key(self) -> str | None:
         if not self.api_key_env:

@@ -23,6 +23,7 @@ refuses to score.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx2
@@ -76,19 +77,29 @@ class OpenAIBackend(Backend):
         self.concurrency = spec.concurrency
         base = spec.url.rstrip("/")
         self.base_url = base[: -len("/v1")] if base.endswith("/v1") else base
-        self.model_id = spec.model or self.base_url
+        self.model_id = spec.model_id
         self.tokenizer = tokenizer
         self.style = spec.response_format_style
         self.supports_constraint = frozenset({"json", "regex"} if self.style in REGEX_FLAVOURS else {"json"})
         token = spec.api_key()
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx2.AsyncClient(timeout=spec.timeout_s, follow_redirects=True)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: httpx2.AsyncClient | None = None
         self._served_model: str | None = spec.model
 
     def count_tokens(self, text: str) -> int | None:
         if self.tokenizer is None:
             return None
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    @property
+    def _http(self) -> httpx2.AsyncClient:
+        """The session of the running event loop (one per loop, see ``TGIBackend._session``)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._client is None:
+            self._client = httpx2.AsyncClient(timeout=self.spec.timeout_s, follow_redirects=True)
+            self._loop = loop
+        return self._client
 
     async def _post(self, route: str, body: dict) -> tuple[dict, httpx2.Response]:
         url = f"{self.base_url}{route}"
@@ -185,4 +196,6 @@ class OpenAIBackend(Backend):
         return scores
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._client is not None and self._loop is asyncio.get_running_loop():
+            await self._client.aclose()
+        self._client = self._loop = None

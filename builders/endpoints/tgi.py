@@ -13,6 +13,7 @@ their weights in the cache) must not block it, and we want the response headers.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 
@@ -66,9 +67,8 @@ class _InferenceClient(AsyncInferenceClient):
 
 def _status_of(error: BaseException) -> int | None:
     for candidate in (error, error.__cause__):
-        response = getattr(candidate, "response", None) if isinstance(candidate, HfHubHTTPError) else None
-        if response is not None:
-            return response.status_code
+        if isinstance(candidate, HfHubHTTPError) and candidate.response is not None:
+            return candidate.response.status_code
     return None
 
 
@@ -106,11 +106,22 @@ class TGIBackend(Backend):
         self.spec = spec
         self.concurrency = spec.concurrency
         self.url = spec.url.rstrip("/")
-        self.model_id = spec.model or spec.tokenizer or self.url
+        self.model_id = spec.model_id
         self.tokenizer = tokenizer
         self._token = spec.api_key()
-        self._http = endpoint_http_client()
-        self._client = _InferenceClient(self.url, self._http, self._token, spec.timeout_s)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._http: httpx2.AsyncClient | None = None
+        self._client: _InferenceClient | None = None
+
+    def _session(self) -> tuple[_InferenceClient, httpx2.AsyncClient]:
+        """The HTTP session of the running event loop (one per loop: an ``asyncio.run`` per
+        ``Annotator.run_sync`` call must not reuse connections of a closed loop)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._client is None or self._http is None:
+            self._http = endpoint_http_client()
+            self._client = _InferenceClient(self.url, self._http, self._token, self.spec.timeout_s)
+            self._loop = loop
+        return self._client, self._http
 
     def render(self, messages) -> str:
         return render_chat_prompt(messages, self.tokenizer, for_server_that_adds_special_tokens=True)
@@ -130,8 +141,9 @@ class TGIBackend(Backend):
             grammar = {"type": request.constraint.kind, "value": request.constraint.value}
         headers: dict = {}
         token = _RESPONSE_HEADERS.set(headers)
+        client, _ = self._session()
         try:
-            output = await self._client.text_generation(
+            output = await client.text_generation(
                 prompt,
                 details=True,
                 max_new_tokens=max_new_tokens,
@@ -172,9 +184,10 @@ class TGIBackend(Backend):
         with its start clipped to 0."""
         prompt = self.render(request.messages)
         text = prompt + request.continuation
+        client, http = self._session()
         try:
-            output = await self._client.text_generation(text, details=True, decoder_input_details=True, max_new_tokens=1)
-            response = await self._http.post(
+            output = await client.text_generation(text, details=True, decoder_input_details=True, max_new_tokens=1)
+            response = await http.post(
                 f"{self.url}/tokenize", json={"inputs": text}, headers=self._auth(), timeout=self.spec.timeout_s
             )
             if response.status_code >= 400:
@@ -205,8 +218,9 @@ class TGIBackend(Backend):
 
     async def info(self) -> dict:
         """``GET /info``: model_id, max_concurrent_requests, max_input_tokens, max_total_tokens, ..."""
+        _, http = self._session()
         try:
-            response = await self._http.get(f"{self.url}/info", headers=self._auth(), timeout=self.spec.timeout_s)
+            response = await http.get(f"{self.url}/info", headers=self._auth(), timeout=self.spec.timeout_s)
             if response.status_code >= 400:
                 raise error_for_status(response.status_code, f"GET /info: {response.text[:300]}")
             return response.json()
@@ -217,8 +231,10 @@ class TGIBackend(Backend):
         return {"Authorization": f"Bearer {self._token}"} if self._token else {}
 
     async def aclose(self) -> None:
-        await self._client.close()
-        await self._http.aclose()
+        if self._client is not None and self._http is not None and self._loop is asyncio.get_running_loop():
+            await self._client.close()
+            await self._http.aclose()
+        self._client = self._http = self._loop = None
 
 
 def _int(value) -> int | None:

@@ -36,7 +36,7 @@ def test_retryable_errors_are_retried_then_succeed(tgi_stand_in, tmp_path):
         FaultRule(OVERLOADED, match="q0"), FaultRule(UNAVAILABLE, match="q1"), FaultRule(DROP, match="q2"),
         FaultRule(Fault(delay_s=3), match="q3")])
     with JudgmentStore(tmp_path / "j.sqlite") as store:
-        result = annotator(server, store, timeout_s=0.5).run_sync([(f"k{i}", ask(f"q{i}")) for i in range(5)])
+        result = annotator(server, store, timeout_s=1.0).run_sync([(f"k{i}", ask(f"q{i}")) for i in range(5)])
         assert {o.status for o in result.outcomes.values()} == {"ok"}
         ledger = result.ledger
         assert ledger.retries == {"overloaded": 1, "server": 1, "connection": 1, "timeout": 1}
@@ -95,7 +95,7 @@ def test_requests_run_concurrently(tgi_stand_in, tmp_path):
         result = annotator(server, store, concurrency=8).run_sync(items)
         elapsed = time.monotonic() - started
     assert result.ledger.ok == 16
-    assert server.max_in_flight == 8
+    assert 4 <= server.max_in_flight <= 8  # never more than the semaphore allows; clearly parallel
     assert elapsed < 16 * 0.2 / 2  # serial would take 3.2 s; 8-wide takes ~0.4 s
 
 
@@ -118,3 +118,16 @@ def test_prompt_reaches_the_responder(tgi_stand_in, tmp_path):
     with JudgmentStore(tmp_path / "j.sqlite") as store:
         result = annotator(server, store).run_sync([("k", ask("about cats"))])
     assert result.outcomes["k"].text == "VERDICT cats"
+
+
+@pytest.mark.parametrize("kind", ["tgi", "openai"])
+def test_one_backend_serves_several_run_sync_calls(tgi_stand_in, tmp_path, kind):
+    """Each run_sync has its own event loop; the backend's HTTP session must follow it."""
+    server = tgi_stand_in(answer_yes)
+    backend = make_backend(EndpointSpec(kind=kind, url=server.url, model="judge-a"))
+    with JudgmentStore(tmp_path / "j.sqlite") as store:
+        for stage in ("s1", "s2", "s3"):
+            result = Annotator(backend, store, stage=stage, prompt_version="v1", check=parses, progress=False,
+                               retry=FAST).run_sync([(f"k{i}", ask(f"q{i}")) for i in range(3)])
+            assert result.ledger.ok == 3
+    assert len(server.requests) == 9

@@ -110,13 +110,24 @@ def test_replay_flags_and_techniques(tgi_stand_in, tmp_path):
     assert {j.model for j in result.judges} == {"gpt-4o-mini (replay)", "gpt-4o (replay)"}
 
 
-def test_max_flagged_setting_changes_only_the_edited_configs(tgi_stand_in, tmp_path):
+def test_max_flagged_setting_changes_only_the_edited_configs():
+    """Final decisions read from the recorded answers (no server): one msmarco query has 9
+    false negatives, so max_flagged=8 drops it from rlhn/hn_remove and None keeps it."""
+    from builders.refine import Decision, refine, row_key
+    from builders.verdict import parse_verdict
+
     rows = fixture_rows("msmarco_passage")
-    _, stages = stages_for(tgi_stand_in, subsets=("msmarco_passage",))
-    s = RlhnSettings(concurrency=4, refine=RefineSettings(max_flagged=None))
-    with JudgmentStore(tmp_path / "j.sqlite") as store:
-        result, _ = run_rlhn_sync(rows, stages, s, store, FAST_RETRY, progress=False)
-    assert len(result.configs["rlhn"]) == 25 and len(result.configs["remove"]) == 7
+    r2 = recorded("msmarco_passage", 2)
+    decisions = {}
+    for row in rows:
+        v = parse_verdict(r2[row.query], len(row.negative_passages)) if row.query in r2 else None
+        fns = tuple(row.negative_passages[i - 1].docid for i in v.false_negatives) if v else ()
+        decisions[row_key(row)] = Decision("flagged" if fns else "clean", fns)
+    default, _ = refine(rows, decisions, RefineSettings())
+    unlimited, stats = refine(rows, decisions, RefineSettings(max_flagged=None))
+    assert len(default["rlhn"]) == 24 and len(unlimited["rlhn"]) == 25 and len(unlimited["hn_remove"]) == 25
+    assert len(default["remove"]) == len(unlimited["remove"]) == 7
+    assert stats["msmarco_passage"]["rows_over_max_flagged"] == 0 and stats["msmarco_passage"]["false_negatives"] == 53
 
 
 @pytest.mark.parametrize("subset", ["arguana"])
@@ -128,3 +139,17 @@ def test_untouched_subset_is_never_judged(tgi_stand_in, tmp_path, subset):
     with JudgmentStore(tmp_path / "j.sqlite") as store:
         result, _ = run_rlhn_sync(rows, stages, RlhnSettings(), store, FAST_RETRY, progress=False)
     assert not servers[0].requests and all(result.configs[t] == rows for t in ("default", "remove", "hn_remove", "rlhn"))
+
+
+def replay_recipe_dict(url1: str, url2: str, subsets=("fiqa",), **rlhn) -> dict:
+    """A recipe that builds from the RLHN fixture rows with the two replaying stand-ins."""
+    judge = {"kind": "tgi", "timeout_s": 5.0, "concurrency": 4}
+    return {
+        "name": "replay",
+        "sources": [{"path": str(FIXTURES / f"{s}.stage_1.gpt-4o-mini.jsonl")} for s in subsets],
+        "validation": {"policy": "fail"},
+        "judges": {"stage1": dict(judge, url=url1, model="gpt-4o-mini (replay)"), "stage2": dict(judge, url=url2, model="gpt-4o (replay)")},
+        "rlhn": dict({"parse_retries": 1}, **rlhn),
+        "output": {"folder": "out", "store": ".hardneg-cache/replay/judgments.sqlite"},
+        "card": {"license": "apache-2.0", "pretty_name": "RLHN replay", "source_dataset": "rlhn/rlhn-680K (fixture sample)"},
+    }

@@ -77,8 +77,8 @@ def test_hub_reader_streams_sources_with_stock_datasets(tmp_path):
     assert recs[0].origin == f"{folder}:nq" and recs[10].line == 1
     rows = list(validate(recs, "repair"))
     assert sorted(r.query for r in rows if r.subset == "nq") == sorted(r["query"] for r in nq)
-    limited = list(read_source(SourceConfig(hub=str(folder), names=["msmarco_passage"], limit=4, streaming=False)))
-    assert len(limited) == 4
+    limited = list(read_source(SourceConfig(hub=str(folder), names=["msmarco_passage"], limit=4)))
+    assert len(limited) == 4 and limited[-1].line == 4
 
 
 def test_presets():

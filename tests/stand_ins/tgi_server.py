@@ -77,7 +77,7 @@ class RecordedRequest:
     path: str
     body: dict | None
     prompt: str | None
-    headers: dict
+    headers: dict  # lower-cased names
     status: int | None = None  # what the stand-in answered (None: dropped)
     fault: Fault | None = None
 
@@ -304,7 +304,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         stand_in = self.server_ref
-        stand_in._record("GET", self.path, None, dict(self.headers))
+        stand_in._record("GET", self.path, None, {k.lower(): v for k, v in self.headers.items()})
         if self.path == "/health":
             self._send(200, b"")
         elif self.path == "/info":
@@ -328,7 +328,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else {}
         except json.JSONDecodeError:
             body = None
-        record, fault = stand_in._record("POST", self.path, body, dict(self.headers))
+        record, fault = stand_in._record("POST", self.path, body, {k.lower(): v for k, v in self.headers.items()})
         with stand_in._lock:
             stand_in.in_flight += 1
             stand_in.max_in_flight = max(stand_in.max_in_flight, stand_in.in_flight)

@@ -1,0 +1,68 @@
+import re
+import sys
+import types
+from pathlib import Path
+
+import datasets
+import pytest
+import yaml
+
+from builders.cli import main, parse_args
+from builders.recipe import load_recipe
+from builders.sources import RLHN_SOURCES, expand_names
+from tests.builders.test_rlhn_replay import replay_recipe_dict, stages_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_overrides_from_set_and_dotted_flags():
+    args, over = parse_args(["r.yaml", "--set", "rlhn.refine.max_flagged=4", "--rlhn.negatives_per_prompt", "5", "--validation.policy=fail", "--out", "o"])
+    assert over == [("rlhn.refine.max_flagged", "4"), ("rlhn.negatives_per_prompt", "5"), ("validation.policy", "fail"), ("output.folder", "o")]
+    r = load_recipe(ROOT / "recipes" / "sample.yaml", over + [("rlhn.refine.max_flagged", "null"), ("sources.0.limit", "3")])
+    assert r.rlhn.negatives_per_prompt == 5 and r.rlhn.refine.max_flagged is None and r.output.folder == "o"
+    assert r.sources[0].limit == 3 and r.validation.policy == "fail"
+    with pytest.raises(ValueError, match="rlhn.max_flaged"):
+        load_recipe(ROOT / "recipes" / "sample.yaml", [("rlhn.max_flaged", "3")])
+
+
+def test_shipped_recipes_load():
+    sample = load_recipe(ROOT / "recipes" / "sample.yaml")
+    assert sample.judges.stage1.kind == "local" and sample.card.license == "mit" and len(sample.sources) == 3
+    real = load_recipe(ROOT / "recipes" / "rlhn-680k.yaml")
+    assert expand_names(real.sources[0].names) == list(RLHN_SOURCES)
+    assert (real.judges.stage1.model, real.judges.stage2.model) == ("gpt-4o-mini", "gpt-4o")
+    assert real.judges.stage1.api_key_env == "OPENAI_API_KEY" and real.rlhn.temperature == 0.1
+
+
+def test_dry_run_prints_counts_prompt_and_token_estimates(capsys):
+    main([str(ROOT / "recipes" / "sample.yaml"), "--dry-run", "--no-progress",
+          "--set", "judges.stage1={kind: tgi, url: 'http://127.0.0.1:9'}", "--set", "judges.stage2={kind: tgi, url: 'http://127.0.0.1:9', model: big}"])
+    out = capsys.readouterr().out
+    assert "rows: 30 read, 30 kept" in out and "duplicate_passage:repaired: 2" in out
+    assert "nq: 10 rows, 10 positives, 977 negatives" in out
+    assert "Doc (4):" in out and "Doc (5):" not in out and "<verdict><better>" in out
+    s1 = re.search(r"stage1 \[.*\]: ~(\d+) prompts, ~([\d,]+) prompt tokens", out)
+    s2 = re.search(r"stage2 \[big\]: ~(\d+) prompts, ~([\d,]+) prompt tokens", out)
+    assert s1 and s2 and int(s1.group(1)) == 30 and int(s2.group(1)) == int(30 * 0.72)
+    assert "characters / 4" in out
+
+
+def test_cli_builds_prints_load_line_and_pushes(tgi_stand_in, tmp_path, monkeypatch, capsys):
+    servers, _ = stages_for(tgi_stand_in, subsets=("fiqa",))
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(replay_recipe_dict(servers[0].url, servers[1].url)))
+    calls = []
+    fake = types.ModuleType("builders.publish")
+    fake.push_dataset = lambda folder, repo_id, **kw: calls.append((folder, repo_id, kw))
+    monkeypatch.setitem(sys.modules, "builders.publish", fake)
+    monkeypatch.chdir(tmp_path)
+    assert main(["recipe.yaml", "--no-progress", "--out", "built", "--push", "org/rlhn-sample", "--version", "v1.0"]) == 0
+    out = capsys.readouterr().out
+    line = re.search(r"ds = (datasets\.load_dataset\(.*\))", out).group(1)
+    ds = eval(line, {"datasets": datasets})  # the exact line we print works
+    assert ds.num_rows == 25 and f"dataset: {tmp_path / 'built'}" in out
+    assert calls == [("built", "org/rlhn-sample", {"version": "v1.0", "private": False, "token": None})]
+    card = (tmp_path / "built" / "README.md").read_text()
+    assert "python -m builders.cli recipe.yaml --out built --push org/rlhn-sample --version v1.0" in card
+    assert yaml.safe_load(card.split("---\n")[1])["license"] == "apache-2.0"
+    for config, n in {"default": 25, "remove": 15, "hn_remove": 25}.items():
+        assert datasets.load_dataset(str(tmp_path / "built"), config, split="train").num_rows == n
