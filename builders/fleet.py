@@ -78,6 +78,7 @@ class EndpointStats:
     ceiling: float
     info_limit: int | None  # /info's max_concurrent_requests, when offered
     healthy: bool
+    max_input_tokens: int | None = None  # /info's max_input_tokens, when offered
     in_flight: int = 0
     max_in_flight: int = 0
     attempts: int = 0  # calls sent
@@ -192,19 +193,22 @@ class Fleet(Backend):
     async def _read_info(self, member: _Member) -> None:
         """Limits from ``/info`` at start; an endpoint that does not answer starts dead."""
         try:
-            offered = await self._info_limit(member)
+            offered = await self._read_info_fields(member)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
             self._set_limits(member, None)
             self._mark_dead(member, EndpointError("connection", f"GET {member.url}/info: {error!r}"))
             return
         self._set_limits(member, offered)
 
-    async def _info_limit(self, member: _Member) -> int | None:
-        """``/info``'s ``max_concurrent_requests`` (None: not offered). Connection failures raise."""
+    async def _read_info_fields(self, member: _Member) -> int | None:
+        """``/info``'s ``max_concurrent_requests`` (None: not offered); keeps ``max_input_tokens``
+        in the stats. Connection failures raise."""
         if member.url is None:
             return None
-        info = await probe_info(self._http(), member.url)
-        offered = info.get("max_concurrent_requests") if info else None
+        info = await probe_info(self._http(), member.url) or {}
+        max_input = info.get("max_input_tokens")
+        member.stats.max_input_tokens = max_input if isinstance(max_input, int) and max_input > 0 else None
+        offered = info.get("max_concurrent_requests")
         return offered if isinstance(offered, int) and offered > 0 else None
 
     def _set_limits(self, member: _Member, offered: int | None) -> None:
@@ -387,7 +391,7 @@ class Fleet(Backend):
             if not await probe_health(self._http(), member.url):
                 continue
             try:
-                self._set_limits(member, await self._info_limit(member))
+                self._set_limits(member, await self._read_info_fields(member))
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 continue
             member.threshold = member.stats.limit  # slow start back up to what /info (or the default) says

@@ -72,12 +72,13 @@ def test_limits_start_from_info_and_traffic_follows_capacity():
         servers = sim.stats()
     assert all(isinstance(a, Generation) for a in answers)
     assert [s.info_limit for s in stats] == [12, 3, None]
+    assert [s.max_input_tokens for s in stats] == [1_000_000, 1_000_000, None]
     assert [s.ceiling for s in stats[:2]] == [12.0, 3.0]
     assert [s.overloaded for s in servers[:2]] == [0, 0]  # /info's limit is never exceeded
     assert [s.max_in_flight for s in stats[:2]] == [12, 3]
     assert stats[2].max_in_flight >= 5  # without /info: from spec.concurrency, probing upwards (AIMD)
     share = [s.succeeded / 200 for s in stats]  # capacity shares: 0.6, 0.15, 0.25
-    assert share[0] == pytest.approx(0.6, abs=0.12) and share[1] == pytest.approx(0.15, abs=0.08)
+    assert share[0] == pytest.approx(0.6, abs=0.15) and share[1] == pytest.approx(0.15, abs=0.1)
     assert {answer.meta["endpoint"] for answer in answers} == {s.name for s in stats}
 
 
@@ -126,7 +127,8 @@ def test_killed_endpoint_work_moves_and_nothing_is_lost():
         async def run():
             fleet = fleet_of(sim.urls, probe_first_s=30.0)  # no rejoin during this test
             calls = asyncio.ensure_future(call_many(fleet, 400))
-            await asyncio.sleep(0.25)
+            while fleet.stats()[0].succeeded < 20:  # kill it mid-run, once it has done some work
+                await asyncio.sleep(0.01)
             await asyncio.get_running_loop().run_in_executor(None, sim.kill, 0)
             answers = await calls
             await fleet.aclose()
@@ -210,3 +212,21 @@ def test_annotator_over_a_fleet_loses_nothing(tmp_path):
     assert sum(s.prompt_tokens for s in stats) == result.ledger.prompt_tokens > 0
     assert sum(s.moved for s in stats) > 0  # some 503s were moved, never seen by the annotator
     assert result.ledger.calls < sum(s.attempts for s in stats)
+
+
+def test_endpoint_that_stops_answering_times_out_and_its_work_moves():
+    with Simulator(SimulatorConfig(slots=4, service_s=0.01, kill_mode="hang"),
+                   SimulatorConfig(slots=4, service_s=0.01)) as sim:
+        async def run():
+            specs = [EndpointSpec(kind="tgi", url=url, model="judge", timeout_s=0.5) for url in sim.urls]
+            fleet = Fleet.from_specs(specs, FleetConfig(dead_after=4, probe_first_s=30.0))
+            await call_many(fleet, 10)
+            await asyncio.get_running_loop().run_in_executor(None, sim.kill, 0)
+            answers = await call_many(fleet, 60)
+            await fleet.aclose()
+            return answers, fleet.stats()
+        answers, (hung, alive) = asyncio.run(run())
+        sim.revive(0)  # let the hung handlers finish before the server stops
+    assert all(isinstance(a, Generation) for a in answers)
+    assert hung.failures_by_kind.get("timeout", 0) >= 4 and hung.deaths == 1 and not hung.healthy
+    assert alive.succeeded >= 60 - hung.succeeded
