@@ -241,6 +241,18 @@ def run_one(scenario: Scenario, client: str, n: int, args) -> Result:
     return result
 
 
+def loop_lag_ms(samples: int = 40, sleep_s: float = 0.01) -> float:
+    """Mean oversleep of ``asyncio.sleep`` here and now: how late this busy machine wakes us."""
+    async def measure():
+        late = 0.0
+        for _ in range(samples):
+            started = time.monotonic()
+            await asyncio.sleep(sleep_s)
+            late += time.monotonic() - started - sleep_s
+        return late / samples * 1000
+    return asyncio.run(measure())
+
+
 def render(results: list[Result], all_scenarios: dict[str, Scenario]) -> str:
     lines = [f"{'scenario':<9}{'client':<14}{'requests':>9}{'answered':>9}{'lost':>6}{'wall s':>8}"
              f"{'req/s':>9}{'capacity':>10}{'share':>7}{'CPU ms/req':>11}  goal"]
@@ -277,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.scenarios.split(","):
         scenario = all_scenarios[name]
-        print(f"scenario {name}: {scenario.title}; capacity {scenario.capacity:.0f} answers/s", flush=True)
+        print(f"scenario {name}: {scenario.title}; capacity {scenario.capacity:.0f} answers/s; "
+              f"event-loop wake-up lag now {loop_lag_ms():.1f} ms, load average {os.getloadavg()[0]:.1f}", flush=True)
         for client in args.clients.split(","):
             n = args.sequential_requests if client == "sequential" else args.requests
             result = run_one(scenario, client, n, args)

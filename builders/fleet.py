@@ -13,17 +13,16 @@ serve the same judge. For each endpoint it keeps an in-flight limit:
 
 Each call goes to the least-loaded healthy endpoint (in-flight / limit) with a free slot, or
 waits, first come first served, for one. A call that meets a 429 is re-sent (the cut limit
-decides where); one that meets a 5xx, a timeout, a dropped connection or a protocol error is
+decides where; an endpoint full of other clients' calls counts as tried); one that meets a 5xx, a timeout, a dropped connection or a protocol error is
 moved to an endpoint it has not tried yet. Neither counts as a failed attempt for the caller
 while capacity exists elsewhere; when none does (every endpoint tried, dead, or
 ``max_moves`` re-sends spent) the last error surfaces to the caller, whose retry path
 (``builders.annotate``) backs off and tries again. A 422 is never moved: the request is wrong.
 
 An endpoint is dead when ``dead_after`` consecutive attempts failed and no call sent before
-the first of them is still being served (fast 503s next to slow answers are not death): no
-new calls; a probe
-task checks ``GET /health`` on a jittered exponential backoff and rejoins it (with a fresh
-``/info`` limit, in slow start). Endpoints without a URL rejoin on the backoff with limit 1
+the first of them is still being served (fast 503s beside slow answers are not death). A dead
+endpoint gets no calls; a task probes ``GET /health`` on a jittered exponential backoff and
+rejoins it (with a fresh ``/info`` limit, in slow start). Endpoints without a URL rejoin on the backoff with limit 1
 (one request tests them). No threads: everything runs on the caller's event loop.
 """
 
@@ -239,8 +238,8 @@ class Fleet(Backend):
                 if error.kind == "validation" or attempt == self.config.max_moves:
                     raise
                 last_error, previous = error, member
-                if error.kind != "overloaded":
-                    tried.add(member.index)
+                if error.kind != "overloaded" or member.stats.in_flight == 0:
+                    tried.add(member.index)  # a 429 with none of ours in flight: others fill it
                 continue
             except BaseException:
                 self._release(member, ticket)
