@@ -25,7 +25,8 @@ Scenarios (``--service-ms`` S, default 200):
   40 % of the expected run. Goal: the run completes on the rest, 0 lost.
 
 "share of capacity" = answers / (wall time x capacity), capacity integrated over time (in ``c``
-it drops when the endpoint dies). The sequential client runs ``--sequential-requests`` (it
+it drops when the endpoint dies); "span share" is the same between the servers' first request
+and last answer (without the client's start-up and retry tail). The sequential client runs ``--sequential-requests`` (it
 needs ~S per request), the others ``--requests``.
 
     python bench/annotate_throughput.py                       # full size (~3 min)
@@ -91,6 +92,12 @@ class Result:
     @property
     def share(self) -> float:
         return self.requests_per_s / self.capacity if self.capacity else 0.0
+
+    @property
+    def span_share(self) -> float:
+        """Share between the servers' first request and last answer (no client start-up or tail)."""
+        span = self.extra.get("span_s")
+        return self.answered / span / self.capacity if span and self.capacity else 0.0
 
 
 def scenarios(service_s: float) -> dict[str, Scenario]:
@@ -236,8 +243,13 @@ def run_one(scenario: Scenario, client: str, n: int, args) -> Result:
             result = asyncio.run(run_gather(scenario, simulator.urls, n, simulator, kill_delay, args))
         else:
             result = run_sequential(scenario, simulator.urls, n, simulator, kill_delay, args)
+        servers = simulator.stats()
         result.extra["servers"] = [{"served": s.served, "429": s.overloaded, "503": s.injected, "dropped": s.dropped,
-                                    "max_in_flight": s.max_in_flight} for s in simulator.stats()]
+                                    "max_in_flight": s.max_in_flight} for s in servers]
+        firsts = [s.first_at for s in servers if s.first_at is not None]
+        lasts = [s.last_at for s in servers if s.last_at is not None]
+        if firsts and lasts:  # monotonic clocks are shared by the processes of one machine
+            result.extra["span_s"] = max(lasts) - min(firsts)
     return result
 
 
@@ -255,7 +267,7 @@ def loop_lag_ms(samples: int = 40, sleep_s: float = 0.01) -> float:
 
 def render(results: list[Result], all_scenarios: dict[str, Scenario]) -> str:
     lines = [f"{'scenario':<9}{'client':<14}{'requests':>9}{'answered':>9}{'lost':>6}{'wall s':>8}"
-             f"{'req/s':>9}{'capacity':>10}{'share':>7}{'CPU ms/req':>11}  goal"]
+             f"{'req/s':>9}{'capacity':>10}{'share':>7}{'span sh.':>9}{'CPU ms/req':>11}  goal"]
     for r in results:
         goal = all_scenarios[r.scenario].goal_share
         verdict = ""
@@ -263,7 +275,7 @@ def render(results: list[Result], all_scenarios: dict[str, Scenario]) -> str:
             met = r.lost == 0 and (goal is None or r.share >= goal)
             verdict = f"{'>= ' + format(goal, '.2f') + ' share, ' if goal else ''}0 lost: {'MET' if met else 'NOT MET'}"
         lines.append(f"{r.scenario:<9}{r.client:<14}{r.requests:>9}{r.answered:>9}{r.lost:>6}{r.wall_s:>8.2f}"
-                     f"{r.requests_per_s:>9.1f}{r.capacity:>10.1f}{r.share:>7.3f}{r.cpu_ms_per_request:>11.2f}  {verdict}")
+                     f"{r.requests_per_s:>9.1f}{r.capacity:>10.1f}{r.share:>7.3f}{r.span_share:>9.3f}{r.cpu_ms_per_request:>11.2f}  {verdict}")
     return "\n".join(lines)
 
 
@@ -302,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print(f"\nmachine: {os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
     if args.json_out:
-        args.json_out.write_text(json.dumps([{**vars(r), "requests_per_s": r.requests_per_s, "share": r.share}
+        args.json_out.write_text(json.dumps([{**vars(r), "requests_per_s": r.requests_per_s, "share": r.share,
+                                              "span_share": r.span_share}
                                              for r in results], indent=1))
     builder_ok = all(r.lost == 0 and (all_scenarios[r.scenario].goal_share is None or r.share >= all_scenarios[r.scenario].goal_share)
                      for r in results if r.client.startswith("builder"))

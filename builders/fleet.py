@@ -46,7 +46,7 @@ from builders.endpoints.base import Backend, EndpointError, GenerateRequest, Gen
 class FleetConfig:
     default_limit: int = 8  # starting in-flight limit of an endpoint without /info
     max_limit: int = 512  # ceiling of an endpoint without /info
-    decrease: float = 0.75  # multiplicative decrease on 429 / rising queue time
+    decrease: float = 0.8  # multiplicative decrease on 429 / rising queue time
     queue_slack_ms: float = 100.0  # queue time tolerated before it counts as congestion ...
     queue_ratio: float = 0.5  # ... when it is also above this share of the inference time
     dead_after: int = 8  # consecutive failed attempts that mark an endpoint dead
