@@ -227,7 +227,11 @@ async def judge_stage(stage: Stage, rows: list[QueryRow], s: RlhnSettings, store
 
     retry = retry or RetryPolicy(parse_retries=s.parse_retries)
     groups: dict[tuple[str, int], list[Window]] = defaultdict(list)
+    seen: set[str] = set()
     for row in rows:
+        if row_key(row) in seen:  # an exact duplicate row shares the first one's judgment
+            continue
+        seen.add(row_key(row))
         for w in windows_of(row, s):
             groups[(prompt_version(variant_of(row, s)), len(w.negatives))].append(w)
     per_row: dict[str, list] = defaultdict(list)
@@ -258,6 +262,7 @@ async def judge_stage(stage: Stage, rows: list[QueryRow], s: RlhnSettings, store
 
 
 def _count_stage(stats, rows: list[QueryRow], per_row: dict, decisions: dict[str, Decision], stage: str) -> None:
+    paid: set[str] = set()
     for row in rows:
         c = stats[row.subset]
         for always in (f"flagged_{stage}", f"unparsed_{stage}", f"failed_{stage}", "parse_failures"):
@@ -265,6 +270,9 @@ def _count_stage(stats, rows: list[QueryRow], per_row: dict, decisions: dict[str
         c[f"judged_{stage}"] += 1
         status = decisions[row_key(row)].status
         c[{"flagged": f"flagged_{stage}", "clean": f"clean_{stage}", "unparsed": f"unparsed_{stage}", "failed": f"failed_{stage}"}.get(status, f"not_judged_{stage}")] += 1
+        if row_key(row) in paid:  # a duplicate row: its judgment was counted once already
+            continue
+        paid.add(row_key(row))
         for _, verdict, outcome in per_row.get(row_key(row), []):
             c[f"judge_calls_{stage}"] += outcome.attempts if outcome else 0
             c[f"prompt_tokens_{stage}"] += (outcome.prompt_tokens or 0) if outcome else 0

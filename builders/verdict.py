@@ -119,10 +119,12 @@ def doc_number_pattern(n: int) -> str:
 def verdict_regex(n_negatives: int, reason_max_chars: int = 400) -> str:
     """Regex for constrained decoding: a short reasoning, then a verdict naming Doc (1..N).
 
-    Every string it accepts parses with ``parse_verdict(text, n_negatives)``."""
+    Every string it accepts parses with ``parse_verdict(text, n_negatives)``, and it is finite:
+    a list names at most ``n_negatives`` documents, so a small model cannot loop on
+    ``Doc (1), Doc (1), …`` until it runs out of tokens."""
     num = doc_number_pattern(n_negatives)
     doc = rf"Doc \({num}\)"
-    docs = rf"\[({doc}(, {doc})*)?\]"
+    docs = rf"\[({doc}(, {doc}){{0,{n_negatives - 1}}})?\]"
     return (
         rf"<thinking>[^<>\[\]]{{1,{reason_max_chars}}}</thinking>\n"
         rf"<verdict><better> {docs} </better>, <worse> {docs} </worse></verdict>"

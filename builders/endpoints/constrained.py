@@ -51,6 +51,16 @@ def vocab_size(model, tokenizer) -> int:
     return min(model.get_output_embeddings().weight.shape[0], len(tokenizer))
 
 
+def candidate_scores(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """The order candidates are tried in: the logits (greedy), or ``logits / temperature``
+    plus Gumbel noise (sampling). Taking the first acceptable candidate in this order samples
+    exactly from ``softmax(logits / temperature)`` restricted to the acceptable tokens."""
+    if generator is None or temperature <= 0:
+        return logits
+    uniform = torch.rand(logits.shape, generator=generator).clamp_(1e-20, 1.0)
+    return logits / temperature - torch.log(-torch.log(uniform))
+
+
 _END = -1  # "the first acceptable candidate is EOS"
 
 
@@ -99,10 +109,7 @@ def generate_with_regex(
     for _ in range(max_new_tokens):
         out = model(input_ids=step_input, past_key_values=past, use_cache=True)
         past = out.past_key_values
-        scores = out.logits[0, -1].float().cpu()[: len(vocab.texts)]
-        if generator is not None:
-            uniform = torch.rand(scores.shape, generator=generator).clamp_(1e-20, 1.0)
-            scores = scores / temperature - torch.log(-torch.log(uniform))
+        scores = candidate_scores(out.logits[0, -1].float().cpu()[: len(vocab.texts)], temperature, generator)
         full_match = compiled.fullmatch(text) is not None
         top = torch.topk(scores, min(first_look, scores.shape[0])).indices.tolist()
         chosen = _first_acceptable(top, compiled, text, full_match, vocab, eos)

@@ -153,3 +153,41 @@ def replay_recipe_dict(url1: str, url2: str, subsets=("fiqa",), **rlhn) -> dict:
         "output": {"folder": "out", "store": ".hardneg-cache/replay/judgments.sqlite"},
         "card": {"license": "apache-2.0", "pretty_name": "RLHN replay", "source_dataset": "rlhn/rlhn-680K (fixture sample)"},
     }
+
+
+def test_windows_map_doc_numbers_back_and_send_the_verdict_grammar(tgi_stand_in, tmp_path):
+    """10 negatives in windows of 4: each window is numbered Doc (1).. again; a judge naming
+    Doc (1) everywhere flags negatives 1, 5 and 9. One stage only: its verdict is final."""
+    from builders.rows import Passage, QueryRow
+    from builders.verdict import format_verdict
+
+    row = QueryRow.from_query("which bird is a kiwi", [Passage.from_text("A kiwi is a bird.")], [Passage.from_text(f"negative number {i}") for i in range(10)], "nq")
+    server = tgi_stand_in(lambda request: "<thinking>Doc (1) fits.</thinking>\n" + format_verdict([1], []))
+    stage = Stage("stage1", make_backend(EndpointSpec(kind="tgi", url=server.url, model="judge")))
+    with JudgmentStore(tmp_path / "j.sqlite") as store:
+        result, _ = run_rlhn_sync([row], [stage], RlhnSettings(negatives_per_prompt=4, reason_max_chars=50), store, FAST_RETRY, progress=False)
+        capped, _ = run_rlhn_sync([row], [stage], RlhnSettings(negatives_per_prompt=4, max_prompts_per_query=2, reason_max_chars=50), store, FAST_RETRY, progress=False)
+    assert [p.text for p in result.configs["rlhn"][0].positive_passages[1:]] == ["negative number 0", "negative number 4", "negative number 8"]
+    assert [j["window_start"] for j in result.judgments] == [0, 4, 8] and [len(j["window_docids"]) for j in result.judgments] == [4, 4, 2]
+    grammar = [r.body["parameters"]["grammar"] for r in server.requests]
+    assert len(grammar) == 3 and {g["type"] for g in grammar} == {"regex"}
+    assert sorted(r"Doc \((4|3|2|1)\)" in g["value"] for g in grammar) == [False, True, True]
+    assert sum(r"Doc \((2|1)\)" in g["value"] for g in grammar) == 1
+    # capped: 2 windows judged (the first two were stored: no new call), 2 negatives left as they are
+    assert len(server.requests) == 3
+    assert [p.text for p in capped.configs["rlhn"][0].positive_passages[1:]] == ["negative number 0", "negative number 4"]
+    assert capped.stats["nq"]["negatives_not_judged"] == 2 and len(capped.configs["rlhn"][0].negative_passages) == 8
+
+
+def test_duplicate_rows_share_one_judgment(tgi_stand_in, tmp_path):
+    from builders.verdict import format_verdict
+
+    rows = fixture_rows("fiqa")[:2]
+    rows = [rows[0], rows[1], rows[0]]
+    server = tgi_stand_in(lambda request: format_verdict([2], []), max_input_tokens=200_000, max_total_tokens=300_000)
+    stage = Stage("stage1", make_backend(EndpointSpec(kind="tgi", url=server.url, model="judge")))
+    with JudgmentStore(tmp_path / "j.sqlite") as store:
+        result, _ = run_rlhn_sync(rows, [stage], RlhnSettings(), store, FAST_RETRY, progress=False)
+    assert len(server.requests) == 2 and len(result.judgments) == 2
+    assert len(result.configs["rlhn"]) == 3 and result.configs["rlhn"][0] == result.configs["rlhn"][2]
+    assert result.stats["fiqa"]["judge_calls_stage1"] == 2 and result.stats["fiqa"]["flagged_stage1"] == 3

@@ -79,3 +79,5 @@ def test_constraint_regex_accepts_only_parseable_verdicts():
     assert not rx.fullmatch("<thinking>x</thinking>\n" + format_verdict([4], []))  # out of range
     assert not rx.fullmatch("<thinking>" + "x" * 41 + "</thinking>\n" + format_verdict([], []))
     assert rx.fullmatch("<thinking>none</thinking>\n" + format_verdict([], []))
+    assert rx.fullmatch("<thinking>x</thinking>\n" + format_verdict([3, 2, 1], [1]))
+    assert not rx.fullmatch("<thinking>x</thinking>\n" + format_verdict([1, 1, 1, 1], []))  # bounded: no endless lists

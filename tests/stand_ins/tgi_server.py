@@ -25,96 +25,29 @@ Like TGI, ``/generate`` and ``/tokenize`` prepend a BOS token (``<s>``, offsets 
 from __future__ import annotations
 
 import json
-import re
 import socket
 import threading
 import time
-import zlib
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-TOKEN_PATTERN = re.compile(r"\s?\w+|\s?[^\w\s]|\s+")
-ERROR_TYPES = {429: "overloaded", 422: "validation", 424: "generation", 500: "generation"}
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One scripted misbehaviour. Set exactly one of the behaviour fields (``delay_s`` may
-    accompany any of them or stand alone as a slow but otherwise normal answer)."""
-
-    status: int | None = None  # reply with this status and a TGI error body
-    message: str | None = None  # the error body's "error" text (a default per status otherwise)
-    text: str | None = None  # a 200 reply whose generated text is this (e.g. garbage)
-    raw_body: bytes | None = None  # a 200 reply whose body is these bytes (e.g. not JSON)
-    drop: bool = False  # close the connection without any reply
-    delay_s: float = 0.0  # wait this long first (past the client's timeout -> a timeout)
-
-
-OVERLOADED = Fault(status=429)
-UNAVAILABLE = Fault(status=503)
-VALIDATION = Fault(status=422)
-DROP = Fault(drop=True)
-GARBAGE = Fault(text="<<the judge lost the thread>> %$#@")
-
-
-@dataclass
-class FaultRule:
-    """Apply ``fault`` to the request with index ``at`` (0-based, over all requests), or to the
-    first ``times`` requests whose prompt contains ``match`` (``times=None``: all of them)."""
-
-    fault: Fault
-    at: int | None = None
-    match: str | None = None
-    times: int | None = 1
-    used: int = 0
-
-
-@dataclass
-class RecordedRequest:
-    index: int
-    method: str
-    path: str
-    body: dict | None
-    prompt: str | None
-    headers: dict  # lower-cased names
-    status: int | None = None  # what the stand-in answered (None: dropped)
-    fault: Fault | None = None
-
-
-def prompt_of(request_json: dict | None) -> str:
-    """The prompt text of a request to any route: ``inputs`` (TGI), ``prompt`` (completions),
-    or the chat messages' contents joined by newlines."""
-    if not request_json:
-        return ""
-    if "inputs" in request_json:
-        return str(request_json["inputs"])
-    if "messages" in request_json:
-        parts = []
-        for message in request_json["messages"]:
-            content = message.get("content")
-            if isinstance(content, list):  # OpenAI content parts
-                content = "".join(part.get("text", "") for part in content)
-            parts.append(str(content or ""))
-        return "\n".join(parts)
-    if "prompt" in request_json:
-        prompt = request_json["prompt"]
-        return prompt[0] if isinstance(prompt, list) else str(prompt)
-    return ""
-
-
-def tokenize(text: str) -> list[tuple[str, int, int]]:
-    """(token text, start, end) character spans; concatenating the texts gives ``text`` back."""
-    return [(m.group(0), m.start(), m.end()) for m in TOKEN_PATTERN.finditer(text)]
-
-
-def token_id(text: str) -> int:
-    return 100 + zlib.crc32(text.encode()) % 49_000
-
-
-def default_logprob(text: str, position: int) -> float:
-    return -0.25 * (1 + zlib.crc32(text.encode()) % 8)
-
+from tests.stand_ins.tgi_protocol import (  # noqa: F401 - re-exported for tests
+    DROP,
+    ERROR_TYPES,
+    GARBAGE,
+    OVERLOADED,
+    TOKEN_PATTERN,
+    UNAVAILABLE,
+    VALIDATION,
+    Fault,
+    FaultRule,
+    RecordedRequest,
+    cut,
+    default_logprob,
+    prompt_of,
+    token_id,
+    tokenize,
+)
 
 class TGIStandIn:
     """A TGI-protocol server in a background thread; a context manager (``start``/``stop``)."""
@@ -249,23 +182,10 @@ class _QuietServer(ThreadingHTTPServer):
         pass
 
 
-def _cut(text: str, max_new_tokens: int | None, stop: list[str]) -> tuple[str, str, int]:
-    """Apply stop sequences and the token budget: (text, finish_reason, generated_tokens)."""
-    for sequence in stop or []:
-        at = text.find(sequence)
-        if at >= 0:
-            text = text[: at + len(sequence)]
-            return text, "stop_sequence", len(tokenize(text))
-    tokens = tokenize(text)
-    if max_new_tokens is not None and len(tokens) > max_new_tokens:
-        text = "".join(t for t, _, _ in tokens[:max_new_tokens])
-        return text, "length", max_new_tokens
-    return text, "eos_token", len(tokens)
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_ref: TGIStandIn
+    current: RecordedRequest  # the request being answered
     timeout = 30  # an idle keep-alive connection ends after this
 
     def log_message(self, format, *args):  # noqa: A002 - silence the default stderr log
@@ -287,6 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------- plumbing
     def _send(self, status: int, body: dict | list | bytes, headers: dict | None = None) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.current.status = status  # recorded before the client can see the reply
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -304,7 +225,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         stand_in = self.server_ref
-        stand_in._record("GET", self.path, None, {k.lower(): v for k, v in self.headers.items()})
+        self.current, _ = stand_in._record("GET", self.path, None, {k.lower(): v for k, v in self.headers.items()})
         if self.path == "/health":
             self._send(200, b"")
         elif self.path == "/info":
@@ -328,13 +249,13 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else {}
         except json.JSONDecodeError:
             body = None
-        record, fault = stand_in._record("POST", self.path, body, {k.lower(): v for k, v in self.headers.items()})
+        self.current, fault = stand_in._record("POST", self.path, body, {k.lower(): v for k, v in self.headers.items()})
         with stand_in._lock:
             stand_in.in_flight += 1
             stand_in.max_in_flight = max(stand_in.max_in_flight, stand_in.in_flight)
             over_capacity = stand_in.in_flight > stand_in.max_concurrent_requests
         try:
-            record.status = self._dispatch(body, fault, over_capacity)
+            self._dispatch(body, fault, over_capacity)
         finally:
             with stand_in._lock:
                 stand_in.in_flight -= 1
@@ -408,7 +329,7 @@ class _Handler(BaseHTTPRequestHandler):
             return 422
         started = time.monotonic()
         text, finish_reason = self._text(body, fault)
-        text, cut_reason, generated = _cut(text, max_new_tokens, params.get("stop") or [])
+        text, cut_reason, generated = cut(text, max_new_tokens, params.get("stop") or [])
         reply: dict = {"generated_text": text}
         if params.get("details"):
             prefill = []
@@ -456,7 +377,7 @@ class _Handler(BaseHTTPRequestHandler):
             return 422
         text, finish_reason = self._text(body, fault)
         stop = body.get("stop") or []
-        text, cut_reason, _ = _cut(text, max_tokens, [stop] if isinstance(stop, str) else stop)
+        text, cut_reason, _ = cut(text, max_tokens, [stop] if isinstance(stop, str) else stop)
         openai_reason = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}[cut_reason]
         usage = self._usage(prompt, text)
         self._send(200, {
@@ -476,7 +397,7 @@ class _Handler(BaseHTTPRequestHandler):
         prompt = prompt_of(body)
         max_tokens = body.get("max_tokens", 16)
         text, finish_reason = ("", None) if max_tokens == 0 else self._text(body, fault)
-        text, cut_reason, _ = _cut(text, max_tokens, body.get("stop") or [])
+        text, cut_reason, _ = cut(text, max_tokens, body.get("stop") or [])
         openai_reason = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}[cut_reason]
         echo = bool(body.get("echo"))
         choice: dict = {"index": 0, "text": (prompt if echo else "") + text, "logprobs": None,

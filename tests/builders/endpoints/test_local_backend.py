@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import build_tiny_model  # noqa: E402
 
 from builders.endpoints import Constraint, EndpointSpec, GenerateRequest, ScoreRequest, make_backend  # noqa: E402
-from builders.endpoints.constrained import generate_with_regex  # noqa: E402
+from builders.endpoints.constrained import candidate_scores, generate_with_regex  # noqa: E402
 
 VERDICT = (r"<verdict><better>(None|Doc \([1-9]\)(, Doc \([1-9]\)){0,3})</better>"
            r"<worse>(None|Doc \([1-9]\)(, Doc \([1-9]\)){0,3})</worse></verdict>")
@@ -65,6 +65,21 @@ def test_permissive_regex_equals_plain_greedy_decoding(backend):
                                pad_token_id=tokenizer.pad_token_id)[0, input_ids.shape[1]:].tolist()
     assert plain[: len(constrained.token_ids)] == constrained.token_ids
     assert constrained.finish_reason == ("length" if len(constrained.token_ids) == 12 else "eos_token")
+
+
+def test_gumbel_first_acceptable_samples_the_restricted_softmax():
+    """Equivalence: first acceptable token in Gumbel-perturbed order ~ softmax(logits / T) over acceptable tokens."""
+    logits, temperature, acceptable = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, 3.0]), 0.7, [1, 2, 4]
+    generator = torch.Generator().manual_seed(0)
+    draws = 20_000
+    counts = torch.zeros(6)
+    for _ in range(draws):
+        order = torch.argsort(candidate_scores(logits, temperature, generator), descending=True).tolist()
+        counts[next(i for i in order if i in acceptable)] += 1
+    expected = torch.zeros(6)
+    expected[acceptable] = torch.softmax(logits[acceptable] / temperature, dim=0)
+    assert torch.allclose(counts / draws, expected, atol=0.015)
+    assert torch.equal(candidate_scores(logits, 0.0, generator), logits)  # greedy: plain logits
 
 
 def test_score_is_the_exact_log_softmax(backend):
