@@ -29,6 +29,14 @@ ST_POOLING_MODE = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_
 EMBEDDER_META = "hardneg_embedder.json"
 
 
+BUNDLED_MODELS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def public_model_name(name: str) -> str:
+    """The Hub id of a bundled alias (for cards), else the name as given."""
+    return BUNDLED_MODELS.get(name, name)
+
+
 def resolve_model_path(name: str) -> str:
     """``minilm`` is the bundled all-MiniLM-L6-v2; anything else is an HF id or a folder."""
     if name == "minilm":
