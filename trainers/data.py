@@ -155,7 +155,7 @@ def build_group(row: dict, index: int, epoch: int, seed: int, num_negatives: int
         query=row["query"],
         positives=[passage_text(positives[i]) for i in chosen],
         negatives=[passage_text(negatives[i]) for i in neg_pick],
-        positive_scores=[float(scores[i]) for i in chosen] if scores is not None and mode != "sample" else [],
+        positive_scores=[float(scores[i]) for i in chosen] if mode == "cmp" else [],
         prompt=row.get("prompt"),
         query_id=row.get("query_id") or "",
     )
