@@ -41,3 +41,23 @@ def random_batch(queries: int, slots: int, seed: int, drop_slots: tuple[int, ...
         "pos_mask": torch.ones(queries, 1, dtype=torch.bool),
         "pos_scores": torch.zeros(queries, 1),
     }
+
+
+def save_tiny_qwen2(path, texts: list[str]) -> str:
+    """A ~100K-parameter random Qwen2 with a byte-level BPE trained on ``texts``, saved to ``path``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2Config, Qwen2Model, Qwen2Tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = Qwen2Tokenizer(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=bpe.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    Qwen2Model(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
