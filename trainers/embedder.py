@@ -123,6 +123,16 @@ class Embedder(nn.Module):
         return cls(model, tokenizer, cfg.pooling, cfg.normalize, cfg.query_prefix, cfg.passage_prefix,
                    max(cfg.query_max_len, cfg.passage_max_len), base_model=path)
 
+    @classmethod
+    def load(cls, path: str | Path) -> Embedder:
+        """Reload a folder written by :meth:`save` (the merged model for LoRA runs)."""
+        from transformers import AutoModel, AutoTokenizer
+
+        meta = json.loads((Path(path) / EMBEDDER_META).read_text())
+        return cls(AutoModel.from_pretrained(str(path)), AutoTokenizer.from_pretrained(str(path)), meta["pooling"],
+                   meta["normalize"], meta["query_prefix"], meta["passage_prefix"], meta["max_seq_length"],
+                   base_model=meta["base_model"])
+
     @property
     def is_lora(self) -> bool:
         from peft import PeftModel

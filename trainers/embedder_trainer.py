@@ -78,8 +78,10 @@ def train(cfg: EmbedderConfig) -> Path:
     collator = EmbedderCollator(embedder.tokenizer, cfg.query_max_len, cfg.passage_max_len, cfg.num_negatives,
                                 groups.max_positives, cfg.query_prefix, cfg.passage_prefix, cfg.use_row_prompt,
                                 pad_to_multiple_of=8 if accelerator.device.type == "cuda" else None)
+    # own generator: creating the iterator must not draw from the global RNG (dropout replays on resume)
     loader = torch.utils.data.DataLoader(groups, batch_size=cfg.batch_size, shuffle=False, collate_fn=collator,
-                                         num_workers=cfg.num_workers, drop_last=False)
+                                         num_workers=cfg.num_workers, drop_last=False,
+                                         generator=torch.Generator().manual_seed(cfg.seed))
     loss_fn = loss_for(cfg.multi_positive, cfg.temperature, cfg.gather_across_processes)
     params = [p for p in embedder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
