@@ -112,6 +112,7 @@ def train(cfg: EmbedderConfig) -> Path:
                dynamic_ncols=True)
     model.train()
     last_loss = float("nan")
+    loop_started = time.time()
     while step < total_steps:
         groups.set_epoch(epoch)
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
@@ -141,7 +142,8 @@ def train(cfg: EmbedderConfig) -> Path:
             if accelerator.is_main_process and (step % max(cfg.logging_steps, 1) == 0 or step == total_steps):
                 with log_path.open("a") as log:
                     log.write(json.dumps({"step": step, "epoch": epoch, "loss": last_loss,
-                                          "lr": scheduler.get_last_lr()[0]}) + "\n")
+                                          "lr": scheduler.get_last_lr()[0],
+                                          "seconds": round(time.time() - loop_started, 4)}) + "\n")
             if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < total_steps:
                 save_checkpoint(accelerator, output_dir, step, epoch, step_in_epoch)
             if step >= total_steps:
@@ -171,6 +173,8 @@ def train(cfg: EmbedderConfig) -> Path:
         summary = {"steps": step, "epochs_completed": epoch, "final_loss": last_loss,
                    "train_seconds": round(train_seconds, 1), "num_processes": accelerator.num_processes,
                    "hardware": hardware(accelerator), "metrics": metrics}
+        if accelerator.device.type == "cuda":
+            summary["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(accelerator.device) / 2**30, 3)
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         write_card(cfg, model_dir, loss_fn, summary)
         if cfg.push_to:
