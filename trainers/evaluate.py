@@ -145,10 +145,12 @@ def compute_metrics(
 
 # ---------------------------------------------------------------- retrieval
 def _as_sentence_transformer(model_or_path):
+    """A folder/id is loaded with SentenceTransformer; a loaded model (anything with ``encode_query``,
+    ``encode_document`` and ``similarity``) is used as it is."""
+    if not isinstance(model_or_path, (str, Path)):
+        return model_or_path
     from sentence_transformers import SentenceTransformer
 
-    if isinstance(model_or_path, SentenceTransformer):
-        return model_or_path
     return SentenceTransformer(str(model_or_path), device="cpu" if not torch.cuda.is_available() else None)
 
 

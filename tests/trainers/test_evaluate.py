@@ -10,6 +10,7 @@ import torch
 from trainers.evaluate import (
     BeirFormatError,
     compute_metrics,
+    evaluate_reranker,
     exact_search,
     load_beir,
     main,
@@ -101,6 +102,25 @@ def test_rerank_reorders_by_new_scores():
     out = rerank(lambda pairs: [float(len(d)) for _, d in pairs], data, {qid: first[qid]}, show_progress=False)
     text_of = dict(zip(data.corpus_ids, data.corpus_texts))
     assert [s for _, s in out[qid]] == [float(len(text_of[d])) for d, _ in first[qid]]
+
+
+def test_evaluate_reranker_oracle_improves_and_keeps_recall_at_depth():
+    data = load_beir(BEIR_SMALL)
+    text_to_grade = {}
+    for qid, rels in data.qrels.items():
+        text_of = dict(zip(data.corpus_ids, data.corpus_texts))
+        for d, g in rels.items():
+            text_to_grade[(data.queries[qid], text_of[d])] = g
+
+    class Oracle:
+        def predict(self, pairs, batch_size=32):
+            return [float(text_to_grade.get(p, -1)) for p in pairs]
+
+    out = evaluate_reranker(Oracle(), BEIR_SMALL, HashEmbedder(), top_k=20, k_values=(10, 20), show_progress=False)
+    first, reranked = out["first_stage"], out["reranked"]
+    assert reranked["ndcg@10"] > first["ndcg@10"]
+    assert reranked["recall@20"] == pytest.approx(first["recall@20"])  # same candidates, new order
+    assert reranked["mrr@10"] >= first["mrr@10"]
 
 
 def test_bad_beir_folder_errors_name_file_and_line(tmp_path):

@@ -20,6 +20,8 @@ from trainers.reranker_trainer import RerankerCollator, score_grid, train
 from trainers.data import TrainGroups, load_rows
 
 ROWS = Path(__file__).parents[1] / "fixtures" / "rlhn" / "fiqa.stage_1.gpt-4o-mini.jsonl"
+BEIR_SMALL = Path(__file__).parents[1] / "fixtures" / "beir-small"
+CONFIGS = Path(__file__).parents[2] / "trainers" / "configs"
 PAIRS = [
     ("how are bonds taxed", "Interest from corporate bonds is taxed as ordinary income in most countries."),
     ("how are bonds taxed", "The cat sat on the mat."),
@@ -117,7 +119,8 @@ def test_cross_encoder_reloads_in_crossencoder_with_identical_scores(tmp_path):
 
 @pytest.mark.parametrize("loss", ["listwise", "pointwise"])
 def test_cross_encoder_trains_and_writes_model_and_card(tmp_path, loss):
-    model_dir = train(ce_config(tmp_path, loss=loss))
+    evaluate = {"eval_beir_dir": str(BEIR_SMALL), "eval_top_k": 5} if loss == "listwise" else {}
+    model_dir = train(ce_config(tmp_path, loss=loss, **evaluate))
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2]
     assert all(math.isfinite(entry["loss"]) and entry["loss"] > 0 for entry in log)
@@ -127,6 +130,20 @@ def test_cross_encoder_trains_and_writes_model_and_card(tmp_path, loss):
     assert ("ListwiseCE" if loss == "listwise" else "PointwiseBCE") in card
     assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in card
     assert len(load_reranker(model_dir, device="cpu").predict(PAIRS)) == len(PAIRS)
+    if evaluate:  # first stage (MiniLM) top-5 reranked by the trained cross-encoder
+        metrics = json.loads((tmp_path / "run" / "train_summary.json").read_text())["metrics"]
+        assert set(metrics) == {"first_stage", "reranked"}
+        assert metrics["reranked"]["recall@5"] == pytest.approx(metrics["first_stage"]["recall@5"])
+        assert "| reranked |" in card
+
+
+@pytest.mark.parametrize("name", ["minilm-cross-encoder-cpu", "cross-encoder", "qwen2.5-3b-llm-reranker"])
+def test_shipped_reranker_configs_load(name):
+    from trainers.config_io import load_config
+
+    cfg = load_config(RerankerConfig, CONFIGS / f"{name}.yaml", ["--lr", "1e-5"])
+    assert cfg.lr == 1e-5 and cfg.group_size >= 2
+    assert cfg.kind == ("llm_reranker" if "llm" in name else "cross_encoder")
 
 
 # ---------------------------------------------------------------- LLM rerankers
