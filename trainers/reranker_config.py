@@ -75,7 +75,8 @@ class RerankerConfig:
     output_dir: str = "runs/reranker"
     save_steps: int = 0  # > 0: checkpoint every N steps; a rerun resumes from the last one
     logging_steps: int = 10
-    push_to: str | None = None  # "org/name" pushes weights + card
+    push_to: str | None = None  # "org/name" pushes weights + adapter + head contract + card
+    push_version: str | None = None  # tag the pushed commit, e.g. "v1.0"
     license: str = "apache-2.0"
     num_workers: int = 0
 

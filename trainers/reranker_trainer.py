@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from trainers.config_io import to_dict
@@ -135,6 +136,7 @@ def train(cfg: RerankerConfig) -> Path:
         if state_dict is not None:  # ZeRO-3 gathered weights; strip the Reranker's "model." prefix
             state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
         save_reranker(unwrapped, model_dir, state_dict=state_dict)
+        (model_dir / "training_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         metrics = {}
         if cfg.eval_beir_dir:
             from trainers.embedder import resolve_model_path
@@ -148,10 +150,10 @@ def train(cfg: RerankerConfig) -> Path:
                    "hardware": hardware(accelerator), "metrics": metrics}
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         write_card(cfg, model_dir, loss_fn, summary)
-        if cfg.push_to:
+        if cfg.push_to:  # trainers.publish (hub helper): one commit, optional version tag
             from trainers.publish import push_model
 
-            push_model(model_dir, cfg.push_to)
+            push_model(model_dir, cfg.push_to, version=cfg.push_version)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return model_dir

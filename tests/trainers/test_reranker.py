@@ -126,6 +126,7 @@ def test_cross_encoder_trains_and_writes_model_and_card(tmp_path, loss):
     assert all(math.isfinite(entry["loss"]) and entry["loss"] > 0 for entry in log)
     contract = json.loads((model_dir / HEAD_CONTRACT_FILE).read_text())
     assert contract["kind"] == "cross_encoder" and contract["max_length"] == 64
+    assert "loss: " + loss in (model_dir / "training_config.yaml").read_text()
     card = (model_dir / "README.md").read_text()
     assert ("ListwiseCE" if loss == "listwise" else "PointwiseBCE") in card
     assert "base_model: sentence-transformers/all-MiniLM-L6-v2" in card
