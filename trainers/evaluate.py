@@ -11,7 +11,7 @@ similarity saved with the model are used, never re-guessed here.
 
 Rerankers: rescore a first-stage top-k (from an embedder) and rank by the new scores.
 
-Metrics (graded qrels, linear gains as in trec_eval/BEIR):
+Metrics (graded qrels, linear gains as in trec_eval/BEIR; ``--binary`` counts every grade > 0 as 1):
   nDCG@k  = DCG@k / IDCG@k with DCG = sum rel_i / log2(i + 1) over ranks i = 1..k,
             IDCG from the judged relevances sorted descending;
   Recall@k = |relevant in top k| / |relevant| (relevant = score > 0);
@@ -106,7 +106,10 @@ def load_beir(beir_dir: str | Path, split: str = "test") -> BeirData:
 
 
 # ---------------------------------------------------------------- metrics
-def ndcg_at_k(ranked: Sequence[str], rels: dict[str, int], k: int) -> float:
+def ndcg_at_k(ranked: Sequence[str], rels: dict[str, int], k: int, binary: bool = False) -> float:
+    """Graded (linear) gains by default; ``binary``: every grade > 0 counts as gain 1."""
+    if binary:
+        rels = {d: 1 for d, r in rels.items() if r > 0}
     dcg = sum(rels.get(d, 0) / math.log2(i + 2) for i, d in enumerate(ranked[:k]) if rels.get(d, 0) > 0)
     ideal = sorted((r for r in rels.values() if r > 0), reverse=True)[:k]
     idcg = sum(r / math.log2(i + 2) for i, r in enumerate(ideal))
@@ -128,14 +131,19 @@ def mrr_at_k(ranked: Sequence[str], rels: dict[str, int], k: int = 10) -> float:
 
 
 def compute_metrics(
-    run: dict[str, list[str]], qrels: dict[str, dict[str, int]], k_values: Sequence[int] = DEFAULT_K_VALUES
+    run: dict[str, list[str]], qrels: dict[str, dict[str, int]], k_values: Sequence[int] = DEFAULT_K_VALUES,
+    binary: bool = False,
 ) -> dict[str, float]:
-    """Mean metrics over the queries of ``qrels``; a query absent from ``run`` scores 0."""
+    """Mean metrics over the queries of ``qrels``; a query absent from ``run`` scores 0.
+
+    ``binary``: nDCG with gain 1 for every grade > 0 (what tools that read qrels as a set of relevant
+    documents report, e.g. sentence-transformers' InformationRetrievalEvaluator); graded by default.
+    """
     names = ["ndcg@10", "mrr@10"] + [f"recall@{k}" for k in k_values]
     sums = dict.fromkeys(names, 0.0)
     for qid, rels in qrels.items():
         ranked = run.get(qid, [])
-        sums["ndcg@10"] += ndcg_at_k(ranked, rels, 10)
+        sums["ndcg@10"] += ndcg_at_k(ranked, rels, 10, binary)
         sums["mrr@10"] += mrr_at_k(ranked, rels, 10)
         for k in k_values:
             sums[f"recall@{k}"] += recall_at_k(ranked, rels, k)
@@ -199,12 +207,13 @@ def evaluate_embedder(
     batch_size: int = 64,
     chunk_size: int = 2048,
     show_progress: bool = True,
+    binary: bool = False,
 ) -> dict[str, float]:
     """nDCG@10, MRR@10 and Recall@k of a SentenceTransformer (or its saved folder) on a BEIR folder."""
     model = _as_sentence_transformer(model_or_path)
     data = load_beir(beir_dir, split)
     results = exact_search(model, data, max(k_values), batch_size, chunk_size, show_progress)
-    return compute_metrics(_ranked_ids(results), data.qrels, k_values)
+    return compute_metrics(_ranked_ids(results), data.qrels, k_values, binary)
 
 
 def rerank(
@@ -234,6 +243,7 @@ def evaluate_reranker(
     k_values: Sequence[int] = DEFAULT_K_VALUES,
     batch_size: int = 32,
     show_progress: bool = True,
+    binary: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Metrics of the first stage alone and after reranking its top-k.
 
@@ -250,8 +260,8 @@ def evaluate_reranker(
     first = exact_search(model, data, top_k, show_progress=show_progress)
     reranked = rerank(lambda pairs: scorer.predict(pairs, batch_size=batch_size), data, first, show_progress)
     return {
-        "first_stage": compute_metrics(_ranked_ids(first), data.qrels, k_values),
-        "reranked": compute_metrics(_ranked_ids(reranked), data.qrels, k_values),
+        "first_stage": compute_metrics(_ranked_ids(first), data.qrels, k_values, binary),
+        "reranked": compute_metrics(_ranked_ids(reranked), data.qrels, k_values, binary),
     }
 
 
@@ -274,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=100, help="first-stage depth reranked")
     p.add_argument("--k-values", default=",".join(map(str, DEFAULT_K_VALUES)), help="Recall@k cut-offs")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--binary", action="store_true", help="nDCG with gain 1 for any grade > 0 (default: graded)")
     p.add_argument("--json-out", help="also write the metrics JSON here")
     args = p.parse_args(argv)
     k_values = tuple(int(k) for k in args.k_values.split(","))
@@ -282,10 +293,11 @@ def main(argv: list[str] | None = None) -> int:
         if not first_stage:
             p.error("--reranker needs --first-stage (or --model) for the candidates it rescored")
         results = evaluate_reranker(
-            args.reranker, args.beir, first_stage, args.top_k, args.split, k_values, args.batch_size
+            args.reranker, args.beir, first_stage, args.top_k, args.split, k_values, args.batch_size, binary=args.binary
         )
     elif args.model:
-        results = {"embedder": evaluate_embedder(args.model, args.beir, args.split, k_values, args.batch_size)}
+        results = {"embedder": evaluate_embedder(args.model, args.beir, args.split, k_values, args.batch_size,
+                                                 binary=args.binary)}
     else:
         p.error("give --model (embedder) and/or --reranker")
     print(format_table(results))

@@ -40,6 +40,10 @@ def test_ndcg_graded_gains_by_hand():
     assert ndcg_at_k(["d1", "d2"], rels, 10) == pytest.approx(1.0)
     # cut-off: only d3 (grade 0) in the top 1
     assert ndcg_at_k(ranked, rels, 1) == 0.0
+    # binary gains: DCG = 1/log2(3) + 1/log2(5); IDCG = 1 + 1/log2(3)
+    assert ndcg_at_k(ranked, rels, 10, binary=True) == pytest.approx(
+        (1 / math.log2(3) + 1 / math.log2(5)) / (1 + 1 / math.log2(3)))
+    assert ndcg_at_k(["d2", "d1"], rels, 10, binary=True) == pytest.approx(1.0)
 
 
 def test_recall_and_mrr_by_hand():
