@@ -47,6 +47,8 @@ def parse_args(argv=None):
     ap.add_argument("--gc-chunk", type=int, default=16, help="GradCache chunk size (texts)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per run (0 = torch default)")
     ap.add_argument("--runs", default="ours,ours+gc,st")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat the runs this many times, alternating, and report medians (noisy machines)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -157,6 +159,13 @@ def run_st(args, model: str, data: Path, workdir: Path) -> dict:
             "final_loss": losses[-1] if losses else None}
 
 
+def median_run(runs: list[dict]) -> dict:
+    ordered = sorted(runs, key=lambda r: r["queries_per_s"])
+    out = dict(ordered[len(ordered) // 2])
+    out["all_queries_per_s"] = [round(r["queries_per_s"], 4) for r in runs]
+    return out
+
+
 def _cuda() -> bool:
     import torch
 
@@ -190,19 +199,22 @@ def main(argv=None) -> dict:
         workdir = Path(tmp)
         model, data = prepare(args, workdir)
         (workdir / "prepared.json").write_text(json.dumps({"model": model, "data": str(data)}))
-        results = {}
+        all_runs: dict[str, list[dict]] = {}
         passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
         env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"))
-        for name in args.runs.split(","):
-            cmd = [sys.executable, __file__, *passthrough, "--worker", name, "--workdir", str(workdir)]
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-            if proc.returncode != 0 or not lines:
-                raise SystemExit(f"run {name} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-            results[name] = json.loads(lines[-1][len("RESULT "):])
-            print(f"{name:8s} {results[name]['queries_per_s']:9.2f} queries/s   "
-                  f"peak memory {results[name]['peak_memory_gib']:.3f} GiB   loss {results[name]['final_loss']}",
-                  flush=True)
+        names = args.runs.split(",")
+        for round_ in range(args.rounds):
+            for name in names if round_ % 2 == 0 else names[::-1]:
+                cmd = [sys.executable, __file__, *passthrough, "--worker", name, "--workdir", str(workdir)]
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+                if proc.returncode != 0 or not lines:
+                    raise SystemExit(f"run {name} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+                result = json.loads(lines[-1][len("RESULT "):])
+                all_runs.setdefault(name, []).append(result)
+                print(f"{name:8s} {result['queries_per_s']:9.3f} queries/s   peak memory "
+                      f"{result['peak_memory_gib']:.3f} GiB   loss {result['final_loss']}", flush=True)
+        results = {name: median_run(runs) for name, runs in all_runs.items()}
     summary = {"setting": {k: v for k, v in vars(args).items() if k not in ("worker", "workdir")}, "runs": results}
     if "ours" in results and "st" in results:
         summary["ratio_ours_over_st"] = round(results["ours"]["queries_per_s"] / results["st"]["queries_per_s"], 3)

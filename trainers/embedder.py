@@ -134,6 +134,11 @@ class Embedder(nn.Module):
                    base_model=meta["base_model"])
 
     @property
+    def config(self):
+        """The encoder's HF config (accelerate fills DeepSpeed's ``auto`` sizes from it)."""
+        return self.model.config
+
+    @property
     def is_lora(self) -> bool:
         from peft import PeftModel
 

@@ -84,13 +84,13 @@ def train(cfg: EmbedderConfig) -> Path:
                                          generator=torch.Generator().manual_seed(cfg.seed))
     loss_fn = loss_for(cfg.multi_positive, cfg.temperature, cfg.gather_across_processes)
     params = [p for p in embedder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused AdamW (one kernel for all parameters; CPU and CUDA), as transformers' Trainer uses by default
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
     steps_per_epoch = math.ceil(len(groups) / (cfg.batch_size * accelerator.num_processes))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(embedder, optimizer, loader, scheduler)
-    steps_per_epoch = len(loader)
     if cfg.gradcache and accelerator.distributed_type.value == "DEEPSPEED":
         raise ValueError("gradcache=true is not supported under DeepSpeed (its engine owns backward); "
                          "use DDP, or ZeRO with a smaller batch_size")

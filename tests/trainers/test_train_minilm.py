@@ -105,3 +105,22 @@ def test_resume_from_last_checkpoint_matches_uninterrupted_run(refined, tmp_path
     assert losses(tmp_path / "whole") == pytest.approx(losses(tmp_path / "resumed"), abs=1e-6)
     a, b = Embedder.load(whole).model.state_dict(), Embedder.load(resumed).model.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.parametrize("mode,gradcache", [("cmp", True), ("amp", False)])
+def test_multi_positive_training_paths(tmp_path, mode, gradcache):
+    from tests.trainers.refined_data import multi_positive_rows
+
+    data = write_refined(tmp_path / "data", {"clear": multi_positive_rows(6)})
+    model = tiny_bert_with_minilm_tokenizer(tmp_path / "tiny")
+    cfg = load_config(EmbedderConfig, ROOT / "trainers/configs/minilm-cpu.yaml",
+                      ["--model", str(model), "--dataset", str(data), "--dataset_config", "clear",
+                       "--output_dir", str(tmp_path / "run"), "--eval_beir_dir", "none", "--max_steps", "2",
+                       "--batch_size", "3", "--group_size", "3", "--multi_positive", mode, "--max_positives", "3",
+                       "--gradcache", str(gradcache).lower(), "--gradcache_chunk_size", "4",
+                       "--query_max_len", "12", "--passage_max_len", "24"])
+    model_dir = embedder_trainer.train(cfg)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(0 < e["loss"] < 50 for e in log)
+    card = (model_dir / "README.md").read_text()
+    assert {"cmp": "CMP", "amp": "AMP"}[mode] in card and ("Gao" in card) == gradcache
