@@ -105,6 +105,11 @@ class Reranker(nn.Module):
         self.tokenizer = tokenizer
         self.contract = contract
 
+    @property
+    def config(self):
+        """The wrapped model's HF config (accelerate fills DeepSpeed's ``auto`` sizes from it)."""
+        return self.model.config
+
     # ---- inputs ----
     def encode(self, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
         c = self.contract
@@ -235,10 +240,11 @@ def save_reranker(reranker: Reranker, out_dir: str | Path, state_dict: dict | No
             merge_reranker_adapter(c, out)
     else:
         reranker.model.save_pretrained(out, state_dict=state_dict)
+    reranker.tokenizer.model_max_length = c.max_length
     reranker.tokenizer.save_pretrained(out)
     c.save(out)
     if c.kind == "cross_encoder":
-        write_cross_encoder_files(out, c.max_length)
+        write_cross_encoder_files(out)
     return out
 
 
@@ -255,12 +261,26 @@ def merge_reranker_adapter(contract: HeadContract, out: Path) -> None:
     merged.save_pretrained(out)
 
 
-def write_cross_encoder_files(out: Path, max_length: int) -> None:
-    """Let ``CrossEncoder(out)`` load with the training max length and a sigmoid on the logit."""
-    from sentence_transformers import CrossEncoder
+def write_cross_encoder_files(out: Path) -> None:
+    """Let ``CrossEncoder(out)`` load the folder: one logit, sigmoid activation, our max length.
 
-    ce = CrossEncoder(str(out), max_length=max_length, device="cpu", activation_fn=nn.Sigmoid())
-    ce.save_pretrained(str(out))
+    Written as files rather than through ``CrossEncoder(...).save_pretrained`` so nothing is reloaded
+    here (under ZeRO-3 a reload would be partitioned and save empty weights). Without ``modules.json``,
+    sentence-transformers loads an HF sequence-classification folder as a CrossEncoder; its max length
+    is the tokenizer's ``model_max_length`` (set by :func:`save_reranker`).
+    """
+    import sentence_transformers
+    import transformers
+
+    config = {
+        "__version__": {"sentence_transformers": sentence_transformers.__version__,
+                        "transformers": transformers.__version__, "pytorch": torch.__version__},
+        "activation_fn": "torch.nn.modules.activation.Sigmoid",
+        "default_prompt_name": None,
+        "model_type": "CrossEncoder",
+        "prompts": {},
+    }
+    (out / "config_sentence_transformers.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def load_reranker(path: str | Path, device: str | None = None, dtype=None) -> Reranker:

@@ -70,7 +70,10 @@ def train(cfg: RerankerConfig) -> Path:
     groups = TrainGroups(rows, cfg.num_negatives, "sample", 1, cfg.seed)
     loader = torch.utils.data.DataLoader(groups, batch_size=cfg.batch_size, shuffle=False,
                                          collate_fn=RerankerCollator(reranker, cfg.group_size),
-                                         num_workers=cfg.num_workers, drop_last=False)
+                                         num_workers=cfg.num_workers, drop_last=False,
+                                         # own generator: building the iterator must not draw from the
+                                         # global RNG, so dropout replays exactly on resume
+                                         generator=torch.Generator().manual_seed(cfg.seed))
     loss_fn = reranker_loss(cfg.loss)
     params = [p for p in reranker.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -96,8 +99,11 @@ def train(cfg: RerankerConfig) -> Path:
     model.train()
     last_loss = float("nan")
     while step < total_steps:
-        groups.set_epoch(epoch)
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+        # accelerate's loaders call dataset.set_epoch(<their own pass counter>) when iterated, which is
+        # wrong after a resume (a fresh skip-loader counts from 0): give them the real epoch, which they
+        # pass on to TrainGroups.set_epoch
+        epoch_loader.set_epoch(epoch)
         step_in_epoch = skip
         for batch in epoch_loader:
             scores = score_grid(model(**batch["inputs"]), batch)
@@ -130,6 +136,12 @@ def train(cfg: RerankerConfig) -> Path:
 
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model) if accelerator.distributed_type.value == "DEEPSPEED" else None
+    if state_dict is not None:
+        # ZeRO-3 with zero3_init_flag makes every later from_pretrained load partitioned (empty) weights:
+        # the adapter merge and the evaluation below reload models, so leave that mode first
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
     unwrapped = accelerator.unwrap_model(model)
     model_dir = output_dir / "model"
     if accelerator.is_main_process:

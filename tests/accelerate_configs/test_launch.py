@@ -3,7 +3,8 @@
 - ``cpu.yaml`` and ``single_gpu.yaml`` (forced to CPU with ``--cpu``): one process;
 - ``multi_gpu.yaml``: DDP with two CPU processes (gloo backend, ``ACCELERATE_USE_CPU=1``), with the
   tiny reranker recipe and with the tiny embedder recipe;
-- ``deepspeed_zero2.yaml`` / ``deepspeed_zero3.yaml``: ONE process on CPU (with two CPU processes
+- ``deepspeed_zero2.yaml`` / ``deepspeed_zero3.yaml``: ONE process on CPU (ZeRO-3 with the tiny reranker
+  recipe by default, ZeRO-2 and ZeRO-3 with the embedder recipe in the slow tier) (with two CPU processes
   accelerate mis-counts the world size, see docs/ENVIRONMENT.md; multi-process DeepSpeed is for
   the GPU machine). DeepSpeed's ops JIT-compile once into ``TORCH_EXTENSIONS_DIR`` (default
   ``~/.cache/hardneg/torch_extensions``), ~1 min the first time.
@@ -107,11 +108,24 @@ def test_multi_gpu_config_ddp_two_cpu_processes_embedder(tmp_path):
 
 
 @needs_deepspeed
-@pytest.mark.slow  # ZeRO-3 below covers the DeepSpeed path by default; run with -m slow
-def test_deepspeed_zero2_one_cpu_process(tmp_path):
+@pytest.mark.slow  # the default tier runs DeepSpeed through ZeRO-3 below; run with -m slow
+def test_deepspeed_zero2_one_cpu_process_embedder(tmp_path):
     check_run(launch("deepspeed_zero2.yaml", tmp_path, "--num_processes", "1"), processes=1)
 
 
 @needs_deepspeed
-def test_deepspeed_zero3_one_cpu_process(tmp_path):
+def test_deepspeed_zero3_one_cpu_process_reranker(tmp_path):
+    """ZeRO-3 partitions the weights: the saved model must hold the gathered (full) tensors."""
+    from safetensors.torch import load_file
+
+    out = launch("deepspeed_zero3.yaml", tmp_path, "--num_processes", "1", recipe=RERANKER)
+    weights = load_file(out / "model" / "model.safetensors")
+    assert weights["classifier.weight"].shape == (1, 384)
+    assert all(t.numel() > 0 for t in weights.values())
+    check_run(out, processes=1, recipe=RERANKER)
+
+
+@needs_deepspeed
+@pytest.mark.slow
+def test_deepspeed_zero3_one_cpu_process_embedder(tmp_path):
     check_run(launch("deepspeed_zero3.yaml", tmp_path, "--num_processes", "1"), processes=1)

@@ -201,3 +201,32 @@ def test_llm_reranker_trainer_end_to_end(tmp_path, tiny_qwen):
 def test_yes_token_must_be_one_token(tmp_path, tiny_qwen):
     with pytest.raises(ValueError, match="exactly one token"):
         build_reranker(llm_config(tmp_path, tiny_qwen, "causal_yes_no", yes_token=" absolutely-yes"))
+
+
+@pytest.mark.parametrize("resume_at", [3, 4])  # 3 steps per epoch: at the epoch boundary / inside epoch 1
+def test_reranker_resumes_from_checkpoint_to_the_same_model(tmp_path, tiny_qwen, resume_at):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    def config(name):
+        return llm_config(tmp_path / name, tiny_qwen, "causal_yes_no", max_rows=6, max_steps=5, save_steps=1,
+                          lora_dropout=0.1)
+
+    full = train(config("a"))
+    # a run that died after step `resume_at`: only that checkpoint survives; rerunning the same config
+    # resumes there with the same groups, batch order and dropout draws
+    resumed_dir = tmp_path / "b" / "run"
+    (resumed_dir / "checkpoints").mkdir(parents=True)
+    ckpt = f"step-{resume_at}"
+    shutil.copytree(tmp_path / "a" / "run" / "checkpoints" / ckpt, resumed_dir / "checkpoints" / ckpt)
+    resumed = train(config("b"))
+    log_a = [json.loads(line) for line in (tmp_path / "a" / "run" / "train_log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(line) for line in (resumed_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log_b] == list(range(resume_at + 1, 6))
+    assert [e["loss"] for e in log_b] == pytest.approx([e["loss"] for e in log_a[resume_at:]], abs=1e-6)
+    a = load_file(full / "adapter" / "adapter_model.safetensors")
+    b = load_file(resumed / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
