@@ -151,8 +151,10 @@ class Embedder(nn.Module):
         reps = pool(out.last_hidden_state, features["attention_mask"], self.pooling)
         return F.normalize(reps, dim=-1) if self.normalize else reps
 
-    def forward(self, features: dict) -> torch.Tensor:
-        return self.encode(features)
+    def forward(self, query: dict | None = None, passage: dict | None = None):
+        """``(query_reps, passage_reps)`` in ONE call, so DDP/DeepSpeed see one forward per step."""
+        return (self.encode(query) if query is not None else None,
+                self.encode(passage) if passage is not None else None)
 
     @torch.no_grad()
     def embed(self, texts: list[str], prefix: str = "", max_len: int | None = None,

@@ -63,10 +63,12 @@ def dataset_prompts(rows, use_row_prompt: bool) -> dict[str, str]:
 
 def train(cfg: EmbedderConfig) -> Path:
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from transformers import get_linear_schedule_with_warmup
 
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no")
+    # find_unused_parameters: encoders carry parameters pooling never reads (e.g. BERT's pooler)
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 else "no",
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     set_seed(cfg.seed)
     output_dir = Path(cfg.output_dir)
     started = time.time()
@@ -120,14 +122,13 @@ def train(cfg: EmbedderConfig) -> Path:
         for batch in epoch_loader:
             if cfg.gradcache:
                 loss = gradcache_step(
-                    model, [batch["query"], batch["passage"]],
+                    lambda features: model(query=features)[0], [batch["query"], batch["passage"]],
                     lambda q, p, b=batch: loss_fn(q, scatter_passages(p, b), b),
                     cfg.gradcache_chunk_size, backward=accelerator.backward,
                     no_sync=lambda: accelerator.no_sync(model), loss_scale=gather_scale)
             else:
-                q = model(batch["query"])
-                p = scatter_passages(model(batch["passage"]), batch)
-                loss = loss_fn(q, p, batch)
+                q, p_real = model(query=batch["query"], passage=batch["passage"])
+                loss = loss_fn(q, scatter_passages(p_real, batch), batch)
                 accelerator.backward(loss * gather_scale)
             if cfg.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(params, cfg.max_grad_norm)

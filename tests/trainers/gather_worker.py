@@ -33,8 +33,8 @@ def shard(batch: dict, rank: int, world: int) -> dict:
 
 def loss_and_grads(model, batch, loss_fn, scale: float):
     model.zero_grad()
-    q = model(batch["query"])
-    p = scatter_passages(model(batch["passage"]), batch)
+    q = model.encode(batch["query"])
+    p = scatter_passages(model.encode(batch["passage"]), batch)
     loss = loss_fn(q, p, batch)
     (loss * scale).backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

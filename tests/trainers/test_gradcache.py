@@ -15,8 +15,8 @@ def plain_grads(model, batch, loss_fn, seed, chunk):
     order as GradCache's first pass, so each chunk draws the same dropout masks."""
     model.zero_grad()
     torch.manual_seed(seed)
-    q = torch.cat([model(c) for c in split_features(batch["query"], chunk)])
-    p = torch.cat([model(c) for c in split_features(batch["passage"], chunk)])
+    q = torch.cat([model.encode(c) for c in split_features(batch["query"], chunk)])
+    p = torch.cat([model.encode(c) for c in split_features(batch["passage"], chunk)])
     loss = loss_fn(q, scatter_passages(p, batch), batch)
     loss.backward()
     return loss.detach(), grads(model)
@@ -25,7 +25,7 @@ def plain_grads(model, batch, loss_fn, seed, chunk):
 def cached_grads(model, batch, loss_fn, seed, chunk):
     model.zero_grad()
     torch.manual_seed(seed)
-    loss = gradcache_step(model, [batch["query"], batch["passage"]],
+    loss = gradcache_step(model.encode, [batch["query"], batch["passage"]],
                           lambda q, p: loss_fn(q, scatter_passages(p, batch), batch), chunk)
     return loss, grads(model)
 
