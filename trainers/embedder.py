@@ -9,7 +9,10 @@ behaviour is written into the saved ``tokenizer.json`` rather than re-guessed at
 root, ``1_Pooling``, ``2_Normalize`` when normalising, ``sentence_bert_config.json`` with
 ``max_seq_length``, ``config_sentence_transformers.json`` with the prefixes as the ``query`` and
 ``document`` prompts), so ``SentenceTransformer(path).encode_query(q)`` /
-``.encode_document(d)`` reproduce this model's embeddings. The legacy module type names
+``.encode_document(d)`` reproduce this model's embeddings. sentence-transformers has one
+``max_seq_length``: it is saved as ``max(query_max_len, passage_max_len)``, so queries longer than
+``query_max_len`` are truncated later at inference than in training (tests stay under both).
+Per-row BGE instructions are saved as extra named prompts (one per subset). The legacy module type names
 (``sentence_transformers.models.*``) are used on purpose: they load in sentence-transformers 3 to 6.
 LoRA: adapters go to ``<path>/adapter``; the merged model (base reloaded on CPU + adapter merged,
 so it also works after ZeRO-3) is the sentence-transformers folder at ``<path>``.
@@ -98,6 +101,8 @@ class Embedder(nn.Module):
     def from_config(cls, cfg) -> Embedder:
         from transformers import AutoModel, AutoTokenizer
 
+        if not cfg.model:
+            raise ValueError("no model given: set `model` to an HF id, a local folder, or `minilm` (bundled)")
         path = resolve_model_path(cfg.model)
         tokenizer = AutoTokenizer.from_pretrained(path)
         if tokenizer.pad_token is None:
