@@ -164,7 +164,8 @@ def train(cfg: EmbedderConfig) -> Path:
         if state_dict is not None:  # ZeRO-3 gathered weights; strip the Embedder's "model." prefix
             state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
         unwrapped.save(model_dir, merge=cfg.merge_on_save, state_dict=state_dict,
-                       extra_prompts=dataset_prompts(rows, cfg.use_row_prompt))
+                       extra_prompts={subset: cfg.query_prefix + prompt  # the query text as trained
+                                      for subset, prompt in dataset_prompts(rows, cfg.use_row_prompt).items()})
         metrics = {}
         if cfg.eval_beir_dir and (model_dir / "modules.json").exists():
             from trainers.evaluate import evaluate_embedder
