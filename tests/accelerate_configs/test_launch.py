@@ -98,11 +98,7 @@ def test_multi_gpu_config_ddp_two_cpu_processes_reranker(tmp_path):
     check_run(out, processes=2, recipe=RERANKER)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "embedder_trainer under DDP: the BertModel pooler is unused by mean pooling and the model is called "
-    "twice per step (queries, passages) -> 'Expected to have finished reduction in the prior iteration'. "
-    "Fix in trainers/embedder*.py (no pooler / one forward per step / find_unused_parameters); then drop "
-    "this marker"))
+# needs the embedder trainer's one-forward-per-step + find_unused_parameters DDP fix (T1)
 def test_multi_gpu_config_ddp_two_cpu_processes_embedder(tmp_path):
     check_run(launch("multi_gpu.yaml", tmp_path, "--num_processes", "2", env_extra=DDP_ON_CPU), processes=2)
 
