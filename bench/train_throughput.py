@@ -161,7 +161,7 @@ def run_st(args, model: str, data: Path, workdir: Path) -> dict:
 
 def median_run(runs: list[dict]) -> dict:
     ordered = sorted(runs, key=lambda r: r["queries_per_s"])
-    out = dict(ordered[len(ordered) // 2])
+    out = dict(ordered[(len(ordered) - 1) // 2])  # lower median: conservative for even counts
     out["all_queries_per_s"] = [round(r["queries_per_s"], 4) for r in runs]
     return out
 

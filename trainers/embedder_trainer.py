@@ -92,7 +92,10 @@ def train(cfg: EmbedderConfig) -> Path:
     steps_per_epoch = math.ceil(len(groups) / (cfg.batch_size * accelerator.num_processes))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(embedder, optimizer, loader, scheduler)
+    # the scheduler stays unprepared: accelerate would step it once per process per step, while
+    # total_steps here already counts optimizer steps; registered so checkpoints carry it
+    model, optimizer, loader = accelerator.prepare(embedder, optimizer, loader)
+    accelerator.register_for_checkpointing(scheduler)
     if cfg.gradcache and accelerator.distributed_type.value == "DEEPSPEED":
         raise ValueError("gradcache=true is not supported under DeepSpeed (its engine owns backward); "
                          "use DDP, or ZeRO with a smaller batch_size")

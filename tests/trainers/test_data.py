@@ -74,3 +74,13 @@ def test_collator_slot_layout_for_empty_negatives(refined):
     assert batch["slot_mask"].tolist() == [True, False, False, False, True, True, True, False]
     assert batch["slot_index"].tolist() == [0, 4, 5, 6]
     assert torch.equal(batch["pos_mask"], torch.tensor([[True], [True]]))
+
+
+def test_row_prompt_is_prepended_after_the_prefix_only_when_asked(refined):
+    row = dict(load_rows(str(refined), "rlhn")[0], prompt="Represent this question: ")
+    group = build_group(row, 0, 0, 0, 1)
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    with_prompt = EmbedderCollator(tok, 16, 32, 1, query_prefix="q: ", use_row_prompt=True)
+    without = EmbedderCollator(tok, 16, 32, 1, query_prefix="q: ")
+    assert with_prompt.query_text(group) == "q: Represent this question: " + row["query"]
+    assert without.query_text(group) == "q: " + row["query"]
