@@ -80,7 +80,10 @@ def train(cfg: RerankerConfig) -> Path:
     steps_per_epoch = math.ceil(len(groups) / (cfg.batch_size * accelerator.num_processes))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * steps_per_epoch)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(reranker, optimizer, loader, scheduler)
+    # the scheduler stays unprepared: accelerate would step it once per process per step, while
+    # total_steps here already counts optimizer steps; registered so checkpoints carry it
+    model, optimizer, loader = accelerator.prepare(reranker, optimizer, loader)
+    accelerator.register_for_checkpointing(scheduler)
 
     step, epoch, skip = 0, 0, 0
     resume_from = last_checkpoint(output_dir)

@@ -53,6 +53,9 @@ def check_run(out: Path, processes: int, recipe=EMBEDDER) -> None:
     assert summary["steps"] == 2 and summary["num_processes"] == processes
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2]
+    # linear decay over the 2 optimizer steps, whatever the process count (half-way, then 0)
+    lr = json.loads((out / "train_config.json").read_text())["lr"]
+    assert log[0]["lr"] == pytest.approx(lr / 2) and log[1]["lr"] == 0
     assert (out / "model" / "README.md").is_file()
     if recipe is RERANKER:
         from sentence_transformers import CrossEncoder
