@@ -1,0 +1,126 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+import trainers.embedder_trainer as embedder_trainer
+from tests.trainers.refined_data import fixture_rows, write_refined
+from trainers.config_io import load_config
+from trainers.embedder import Embedder, resolve_model_path
+from trainers.embedder_config import EmbedderConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+TEXTS = ["how are dividends taxed", "Form 1099-B is furnished by brokerages to recipients."]
+SMALL = ["--max_steps", "2", "--batch_size", "2", "--group_size", "3", "--query_max_len", "16",
+         "--passage_max_len", "32"]
+
+
+@pytest.fixture(scope="module")
+def refined(tmp_path_factory):
+    rows = fixture_rows(10, passage_chars=200)
+    rows[2] = dict(rows[2], negative_passages=[])  # a row hn_remove emptied
+    return write_refined(tmp_path_factory.mktemp("refined"), {"rlhn": rows})
+
+
+def test_accelerate_launch_trains_evaluates_and_writes_model_and_card(refined, tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+           "--num_cpu_threads_per_process", "1",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "trainers/train.py", "trainers/configs/minilm-cpu.yaml", "--dataset", str(refined),
+           "--dataset_config", "rlhn", "--output_dir", str(out), "--eval_beir_dir", "tests/fixtures/beir-small",
+           *SMALL]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model_dir = out / "model"
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 2 and 0.0 <= summary["metrics"]["ndcg@10"] <= 1.0
+    card = (model_dir / "README.md").read_text()
+    assert "InfoNCE" in card and "ndcg@10" in card.lower() and "sentence-transformers/all-MiniLM-L6-v2" in card
+
+    st = SentenceTransformer(str(model_dir), device="cpu")
+    ours = Embedder.load(model_dir).eval()
+    assert (ours.embed_queries(TEXTS) - st.encode_query(TEXTS, convert_to_tensor=True).cpu()).abs().max() < 1e-5
+    assert (ours.embed_passages(TEXTS) - st.encode_document(TEXTS, convert_to_tensor=True).cpu()).abs().max() < 1e-5
+    base = SentenceTransformer(resolve_model_path("minilm"), device="cpu")
+    assert (base.encode(TEXTS, convert_to_tensor=True) - st.encode(TEXTS, convert_to_tensor=True)).abs().max() > 1e-5
+
+
+def test_bad_override_is_a_clear_error(refined):
+    proc = subprocess.run([sys.executable, "trainers/train.py", "trainers/configs/minilm-cpu.yaml", "--lerning_rate", "1"],
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=""), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--lerning_rate" in proc.stderr and "accepted keys" in proc.stderr
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def tiny_bert_with_minilm_tokenizer(path: Path) -> Path:
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_resume_from_last_checkpoint_matches_uninterrupted_run(refined, tmp_path, monkeypatch):
+    # dropout on: the resumed run must replay the RNG stream too, not only weights/optimizer/data
+    model = tiny_bert_with_minilm_tokenizer(tmp_path / "tiny")
+
+    def cfg(out):
+        return load_config(EmbedderConfig, ROOT / "trainers/configs/minilm-cpu.yaml",
+                           ["--model", str(model), "--lr", "1e-3",
+                            "--dataset", str(refined), "--dataset_config", "rlhn", "--output_dir", str(out),
+                            "--eval_beir_dir", "none", "--max_steps", "4", "--save_steps", "2", "--batch_size", "2",
+                            "--group_size", "2", "--query_max_len", "12", "--passage_max_len", "24"])
+
+    whole = embedder_trainer.train(cfg(tmp_path / "whole"))
+
+    real_save = embedder_trainer.save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise Crash("simulated preemption after the step-2 checkpoint")
+
+    monkeypatch.setattr(embedder_trainer, "save_checkpoint", save_then_crash)
+    with pytest.raises(Crash):
+        embedder_trainer.train(cfg(tmp_path / "resumed"))
+    monkeypatch.setattr(embedder_trainer, "save_checkpoint", real_save)
+    assert (tmp_path / "resumed" / "checkpoints" / "step-2").is_dir()
+    resumed = embedder_trainer.train(cfg(tmp_path / "resumed"))
+
+    def losses(run):
+        return {e["step"]: e["loss"] for e in map(json.loads, (run / "train_log.jsonl").read_text().splitlines())}
+
+    assert losses(tmp_path / "whole") == pytest.approx(losses(tmp_path / "resumed"), abs=1e-6)
+    a, b = Embedder.load(whole).model.state_dict(), Embedder.load(resumed).model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.parametrize("mode,gradcache", [("cmp", True), ("amp", False)])
+def test_multi_positive_training_paths(tmp_path, mode, gradcache):
+    from tests.trainers.refined_data import multi_positive_rows
+
+    data = write_refined(tmp_path / "data", {"clear": multi_positive_rows(6)})
+    model = tiny_bert_with_minilm_tokenizer(tmp_path / "tiny")
+    cfg = load_config(EmbedderConfig, ROOT / "trainers/configs/minilm-cpu.yaml",
+                      ["--model", str(model), "--dataset", str(data), "--dataset_config", "clear",
+                       "--output_dir", str(tmp_path / "run"), "--eval_beir_dir", "none", "--max_steps", "2",
+                       "--batch_size", "3", "--group_size", "3", "--multi_positive", mode, "--max_positives", "3",
+                       "--gradcache", str(gradcache).lower(), "--gradcache_chunk_size", "4",
+                       "--query_max_len", "12", "--passage_max_len", "24"])
+    model_dir = embedder_trainer.train(cfg)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(0 < e["loss"] < 50 for e in log)
+    card = (model_dir / "README.md").read_text()
+    assert {"cmp": "CMP", "amp": "AMP"}[mode] in card and ("Gao" in card) == gradcache

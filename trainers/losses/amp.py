@@ -1,0 +1,24 @@
+"""AMP (CLEAR): the average over a query's positives of their InfoNCE against the negatives."""
+
+from __future__ import annotations
+
+import torch
+
+from trainers.losses.infonce import InfoNCE
+
+CITATION = """@article{clear2025,
+  title={{CLEAR}: LLM-based correction of labeling errors with confidence scores for retrieval training},
+  note={Descriptive title: the seed copy of the paper lacks its front matter (authors, venue).
+        AMP = average multi-positive InfoNCE, CMP = confidence-weighted multi-positive InfoNCE}
+}"""
+
+
+class AMP(InfoNCE):
+    """loss_b = mean_{j in positives(b)} InfoNCE(q_b, d+_bj vs negatives); mean over queries."""
+
+    citation = CITATION + "\n" + InfoNCE.citation
+
+    def reduce(self, losses: torch.Tensor, pos_mask: torch.Tensor, pos_scores: torch.Tensor) -> torch.Tensor:
+        mask = pos_mask.to(losses.dtype)
+        per_query = (losses * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1)
+        return per_query.mean()
