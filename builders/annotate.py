@@ -166,12 +166,14 @@ class Annotator:
         outcomes: dict[str, Outcome] = {}
         todo: list[tuple[str, GenerateRequest, str]] = []
         seen: set[str] = set()
+        # one read of this stage's stored judgments instead of a query per key (a quick start)
+        stored_by_key = {j.key: j for j in self.store.judgments(self.stage, self.judge_model, self.prompt_version)}
         for key, request in items:
             if key in seen:
                 raise ValueError(f"{self.stage}: key {key!r} appears twice in one run; keys must be unique per stage")
             seen.add(key)
             sha = request_sha(request)
-            stored = self.store.get(self.stage, self.judge_model, self.prompt_version, key)
+            stored = stored_by_key.get(key)
             if stored is not None and stored.is_final and stored.request_sha == sha:
                 outcomes[key] = Outcome(key, stored.status, stored.text, stored, cached=True)
                 ledger.cached += 1
