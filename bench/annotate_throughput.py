@@ -4,12 +4,12 @@ Starts loopback judge simulators of known capacity (``bench/simulator.py``, in a
 process so that only the client's CPU is measured) and runs, in one go, three clients on each
 scenario:
 
-- ``builder``: this project's client, ``Fleet`` (least-loaded routing, AIMD limits, moves
-  failed calls to other endpoints) under the ``Annotator`` (jittered-backoff retries, durable
-  SQLite store), each request a TGI ``/generate`` or OpenAI-compatible chat call;
-- ``builder-lean``: the same fleet and annotator over a lean aiohttp transport
-  (``bench/lean_transport.py``) with the store on tmpfs: what the routing and retry logic reach
-  when neither the HTTP client library nor the disk's fsync is the bottleneck;
+- ``builder``: this project's client as a build runs it: ``Fleet`` (least-loaded routing, AIMD
+  limits, moves failed calls to other endpoints) under the ``Annotator`` (jittered-backoff
+  retries, the durable SQLite store with group commit, on disk), each request a TGI
+  ``/generate`` or OpenAI-compatible chat call over the shared aiohttp transport;
+- ``builder-hub``: the same with the TGI endpoints on ``transport="huggingface_hub"``
+  (``AsyncInferenceClient``), to show what that client costs;
 - ``sequential``: one request at a time, up to 3 attempts with exponential backoff, the style
   of the reference RLHN scripts (an OpenAI client in a loop), round-robin over the URLs;
 - ``gather``: batches sent with ``asyncio.gather`` and no retries, failures lost (distilabel's
@@ -50,12 +50,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx2  # noqa: E402
 
-from bench.lean_transport import LeanChatBackend, LeanTGIBackend  # noqa: E402
 from bench.simulator import SimulatorConfig, SimulatorProcess  # noqa: E402
-from builders.annotate import Annotator, RetryPolicy  # noqa: E402
+from builders.annotate import FLEET_RETRY, Annotator, RetryPolicy  # noqa: E402
 from builders.endpoints import EndpointSpec  # noqa: E402
 from builders.endpoints.base import GenerateRequest  # noqa: E402
-from builders.fleet import Fleet, FleetConfig, FleetEndpoint  # noqa: E402
+from builders.fleet import Fleet, FleetConfig  # noqa: E402
 from builders.store import JudgmentStore  # noqa: E402
 
 
@@ -139,21 +138,17 @@ async def kill_later(simulator: SimulatorProcess, delay_s: float, started: float
 
 
 # --- the three clients ------------------------------------------------------------------------
-async def run_builder(scenario: Scenario, urls: list[str], n: int, simulator, kill_delay, args, lean: bool = False) -> Result:
-    """Fleet + Annotator + durable store. ``lean``: the same over ``bench/lean_transport.py``
-    (aiohttp) with the store in ``--lean-store-dir`` (tmpfs: no fsync wait)."""
-    if lean:
-        backends = [(LeanTGIBackend if kind == "tgi" else LeanChatBackend)(url, "simulated-judge")
-                    for kind, url in zip(scenario.kinds, urls)]
-        fleet = Fleet([FleetEndpoint(backend, url=url) for backend, url in zip(backends, urls)], FleetConfig())
-    else:
-        specs = [EndpointSpec(kind=kind, url=url, model="simulated-judge", timeout_s=10.0, concurrency=8)
-                 for kind, url in zip(scenario.kinds, urls)]
-        fleet = Fleet.from_specs(specs, FleetConfig())
-    store_dir = args.lean_store_dir if lean else args.store_dir
+async def run_builder(scenario: Scenario, urls: list[str], n: int, simulator, kill_delay, args, hub: bool = False) -> Result:
+    """Fleet + Annotator + durable store. ``hub``: TGI endpoints through ``huggingface_hub``."""
+    specs = [EndpointSpec(kind=kind, url=url, model="simulated-judge", timeout_s=10.0, concurrency=8,
+                          transport="huggingface_hub" if hub and kind == "tgi" else "aiohttp")
+             for kind, url in zip(scenario.kinds, urls)]
+    fleet = Fleet.from_specs(specs, FleetConfig())
+    store_dir = args.store_dir
     with tempfile.TemporaryDirectory(dir=store_dir) as folder, JudgmentStore(Path(folder) / "judgments.sqlite") as store:
         annotator = Annotator(fleet, store, stage="bench", prompt_version="bench-v1", progress=False, seed=0,
-                              retry=RetryPolicy(base_delay_s=args.retry_base_s, max_attempts=args.max_attempts))
+                              retry=RetryPolicy(base_delay_s=args.retry_base_s, max_delay_s=FLEET_RETRY.max_delay_s,
+                                                max_attempts=args.max_attempts))
         items = [(f"q{i}", request_for(i)) for i in range(n)]
         started, cpu, mark = time.monotonic(), time.process_time(), {}
         killer = asyncio.ensure_future(kill_later(simulator, kill_delay, started, mark)) if kill_delay else None
@@ -169,7 +164,7 @@ async def run_builder(scenario: Scenario, urls: list[str], n: int, simulator, ki
                             "succeeded": s.succeeded, "overloaded": s.overloaded, "failed": s.failed,
                             "moved": s.moved, "deaths": s.deaths, "max_in_flight": s.max_in_flight}
                            for s in fleet.stats()]}
-    return Result(scenario.name, "builder-lean" if lean else "builder", n, answered, n - answered, wall, cpu_ms,
+    return Result(scenario.name, "builder-hub" if hub else "builder", n, answered, n - answered, wall, cpu_ms,
                   capacity_over_run(scenario, wall, mark.get("killed_at")), extra)
 
 
@@ -236,9 +231,9 @@ def run_one(scenario: Scenario, client: str, n: int, args) -> Result:
     with SimulatorProcess(*scenario.servers, lifetime_s=args.lifetime_s) as simulator:
         expected_s = n / scenario.capacity if client != "sequential" else n * args.service_ms / 1000
         kill_delay = scenario.kill_at_share * expected_s if scenario.kill_at_share else None
-        if client in ("builder", "builder-lean"):
+        if client in ("builder", "builder-hub"):
             result = asyncio.run(run_builder(scenario, simulator.urls, n, simulator, kill_delay, args,
-                                             lean=client == "builder-lean"))
+                                             hub=client == "builder-hub"))
         elif client == "gather":
             result = asyncio.run(run_gather(scenario, simulator.urls, n, simulator, kill_delay, args))
         else:
@@ -285,14 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequential-requests", type=int, default=100, help="requests of the sequential client")
     parser.add_argument("--service-ms", type=float, default=200.0, help="service time S of one request")
     parser.add_argument("--scenarios", default="a,b,c")
-    parser.add_argument("--clients", default="builder,builder-lean,sequential,gather")
+    parser.add_argument("--clients", default="builder,builder-hub,sequential,gather")
     parser.add_argument("--store-dir", default=None, help="folder of the builder's judgment store (default: the temp dir)")
-    parser.add_argument("--lean-store-dir", default="/dev/shm" if Path("/dev/shm").is_dir() else None,
-                        help="folder of builder-lean's judgment store (default /dev/shm: no fsync wait)")
     parser.add_argument("--batch-size", type=int, default=50, help="gather client's batch (distilabel's default 50)")
-    parser.add_argument("--retry-base-s", type=float, default=RetryPolicy().base_delay_s,
-                        help="Annotator backoff base (its default unless given)")
-    parser.add_argument("--max-attempts", type=int, default=RetryPolicy().max_attempts)
+    parser.add_argument("--retry-base-s", type=float, default=FLEET_RETRY.base_delay_s,
+                        help="Annotator backoff base (its default over a fleet unless given)")
+    parser.add_argument("--max-attempts", type=int, default=FLEET_RETRY.max_attempts)
     parser.add_argument("--lifetime-s", type=float, default=900.0, help="simulators stop themselves after this")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)

@@ -13,12 +13,20 @@
   other validation errors are recorded at once.
 - ``check(text) -> bool`` decides parseability. An unparseable answer is asked again up to
   ``parse_retries`` times with a different seed, then stored as ``unparseable`` - never dropped.
-- Every result is committed to the store as it arrives; ``Ledger`` counts calls, retries and
-  failures by kind, unparseable answers, cached hits, tokens and wall time.
+- Every result goes to the store through its group-commit writer (``JudgmentStore.group_writer``:
+  a thread commits batches, at most every 50 ms); a result counts as done - in the outcomes,
+  the ledger's totals seen by the progress bar, the bar itself - only once its transaction has
+  committed. ``Ledger`` counts calls, retries and failures by kind, unparseable answers, cached
+  hits, tokens and wall time.
+- ``price`` (USD per 1M prompt / completion tokens, ``builders.ledger.Price``) puts the cost so
+  far in the progress bar's postfix.
 
-The backend is anything speaking ``builders.endpoints.base.Backend``; a fleet of endpoints
-for one judge (least-loaded routing) would be one more ``Backend`` that wraps several, so
-nothing here changes for it.
+The backend is anything speaking ``builders.endpoints.base.Backend``. A ``builders.fleet.Fleet``
+is one: it queues calls for its endpoints' slots, so the annotator takes its concurrency from
+the fleet (a caller's smaller ``concurrency`` would starve the endpoints) and, without an
+explicit ``retry``, uses ``FLEET_RETRY``: the fleet already re-sends 429s and moves failed calls
+to other endpoints, so an error reaching the annotator means no endpoint could take the call
+now, and a short backoff (0.1 s base) is enough to protect the servers.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ from typing import Callable, Iterable
 from tqdm.auto import tqdm
 
 from builders.endpoints.base import Backend, EndpointError, GenerateRequest, Generation
+from builders.fleet import Fleet
+from builders.ledger import Price
 from builders.store import Judgment, JudgmentStore, Status, request_sha
 
 
@@ -48,6 +58,9 @@ class RetryPolicy:
     def backoff_s(self, retry: int, rng: random.Random) -> float:
         ceiling = min(self.max_delay_s, self.base_delay_s * 2 ** (retry - 1))
         return rng.uniform(ceiling / 2, ceiling)
+
+
+FLEET_RETRY = RetryPolicy(base_delay_s=0.1, max_delay_s=5.0)  # see the module docstring
 
 
 @dataclass
@@ -115,17 +128,20 @@ class Annotator:
         check: Callable[[str], bool] | None = None,
         progress: bool = True,
         seed: int | None = None,  # seeds the backoff jitter (tests)
+        price: Price | None = None,  # the judge's price: cost so far in the progress bar
     ):
         self.backend = backend
         self.store = store
         self.stage = stage
         self.prompt_version = prompt_version
-        if concurrency is None:
+        is_fleet = isinstance(backend, Fleet)
+        if concurrency is None or is_fleet:
             concurrency = backend.concurrency
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.concurrency = concurrency
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or (FLEET_RETRY if is_fleet else RetryPolicy())
+        self.price = price
         self.check = check
         self.progress = progress
         self._rng = random.Random(seed)
@@ -150,12 +166,14 @@ class Annotator:
         outcomes: dict[str, Outcome] = {}
         todo: list[tuple[str, GenerateRequest, str]] = []
         seen: set[str] = set()
+        # one read of this stage's stored judgments instead of a query per key (a quick start)
+        stored_by_key = {j.key: j for j in self.store.judgments(self.stage, self.judge_model, self.prompt_version)}
         for key, request in items:
             if key in seen:
                 raise ValueError(f"{self.stage}: key {key!r} appears twice in one run; keys must be unique per stage")
             seen.add(key)
             sha = request_sha(request)
-            stored = self.store.get(self.stage, self.judge_model, self.prompt_version, key)
+            stored = stored_by_key.get(key)
             if stored is not None and stored.is_final and stored.request_sha == sha:
                 outcomes[key] = Outcome(key, stored.status, stored.text, stored, cached=True)
                 ledger.cached += 1
@@ -166,21 +184,33 @@ class Annotator:
                    unit="q", disable=not self.progress, dynamic_ncols=True)
         semaphore = asyncio.Semaphore(self.concurrency)
 
+        committed = Ledger()  # the totals of committed results: what the bar shows
+
         async def one(key: str, request: GenerateRequest, sha: str) -> None:
             async with semaphore:
                 judgment = await self._judge(key, request, sha, ledger)
-            self.store.put(judgment)  # durable before we count it done
+            await writer.put(judgment)  # committed before we count it done
             outcomes[key] = Outcome(key, judgment.status, judgment.text, judgment, cached=False)
+            committed.failed += judgment.status == "failed"
+            committed.unparseable += judgment.status == "unparseable"
             bar.update(1)
-            bar.set_postfix(failed=ledger.failed, unparseable=ledger.unparseable,
-                            retries=sum(ledger.retries.values()), refresh=False)
+            postfix = dict(failed=committed.failed, unparseable=committed.unparseable,
+                           retries=sum(ledger.retries.values()))
+            if self.price is not None:  # money is spent when a call answers, committed or not
+                postfix["usd"] = f"{self.price.usd(ledger.prompt_tokens, ledger.completion_tokens):.4f}"
+            bar.set_postfix(postfix, refresh=False)
 
-        tasks = [asyncio.create_task(one(*entry)) for entry in todo]
+        tasks: list[asyncio.Task] = []
         try:
-            await asyncio.gather(*tasks)
+            async with self.store.group_writer() as writer:
+                tasks = [asyncio.create_task(one(*entry)) for entry in todo]
+                try:
+                    await asyncio.gather(*tasks)
+                finally:
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
         finally:
-            for task in tasks:
-                task.cancel()
             bar.close()
             ledger.wall_s = time.monotonic() - started
         ordered = {key: outcomes[key] for key, _ in items}

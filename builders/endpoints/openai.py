@@ -23,14 +23,11 @@ refuses to score.
 
 from __future__ import annotations
 
-import asyncio
 import json
 
-import httpx2
-
-from builders.endpoints import EndpointSpec, error_for_status, render_chat_prompt
+from builders.endpoints import EndpointSpec, render_chat_prompt
 from builders.endpoints.base import Backend, Constraint, EndpointError, GenerateRequest, Generation, ScoreRequest, TokenScore
-from builders.endpoints.tgi import map_client_error
+from builders.endpoints.http import HttpClient
 
 REGEX_FLAVOURS = frozenset({"vllm", "sglang", "tgi"})
 
@@ -56,19 +53,6 @@ def constraint_fields(constraint: Constraint, style: str) -> dict:
     raise ValueError(f"constraint kind {constraint.kind!r} is not 'regex' or 'json'")
 
 
-def _error_message(response: httpx2.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:500] or response.reason_phrase
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, dict):
-            return str(error.get("message") or error)
-        return str(error or body.get("message") or body)[:500]
-    return str(body)[:500]
-
-
 class OpenAIBackend(Backend):
     def __init__(self, spec: EndpointSpec, tokenizer=None):
         if not spec.url:
@@ -81,10 +65,11 @@ class OpenAIBackend(Backend):
         self.tokenizer = tokenizer
         self.style = spec.response_format_style
         self.supports_constraint = frozenset({"json", "regex"} if self.style in REGEX_FLAVOURS else {"json"})
+        if spec.transport != "aiohttp":
+            raise ValueError(f"openai endpoints speak through aiohttp only; transport {spec.transport!r} is for tgi")
         token = spec.api_key()
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: httpx2.AsyncClient | None = None
+        self.http = HttpClient(self.base_url, timeout_s=spec.timeout_s,
+                               headers={"Authorization": f"Bearer {token}"} if token else {})
         self._served_model: str | None = spec.model
 
     def count_tokens(self, text: str) -> int | None:
@@ -92,38 +77,20 @@ class OpenAIBackend(Backend):
             return None
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
 
-    @property
-    def _http(self) -> httpx2.AsyncClient:
-        """The session of the running event loop (one per loop, see ``TGIBackend._session``)."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._client is None:
-            self._client = httpx2.AsyncClient(timeout=self.spec.timeout_s, follow_redirects=True)
-            self._loop = loop
-        return self._client
-
-    async def _post(self, route: str, body: dict) -> tuple[dict, httpx2.Response]:
-        url = f"{self.base_url}{route}"
-        try:
-            response = await self._http.post(url, json=body, headers=self._headers)
-            if response.status_code >= 400:
-                raise error_for_status(response.status_code, f"POST {route}: {_error_message(response)}")
-            payload = response.json()
-            if not isinstance(payload, dict) or not payload.get("choices"):
-                raise EndpointError("protocol", f"{url} answered without `choices`: {response.text[:300]}")
-            return payload, response
-        except Exception as error:  # noqa: BLE001 - every failure becomes an EndpointError
-            raise map_client_error(error, url) from error
+    async def _post(self, route: str, body: dict) -> dict:
+        payload, _ = await self.http.post(route, body)
+        if not isinstance(payload, dict) or not payload.get("choices"):
+            raise EndpointError("protocol", f"{self.base_url}{route} answered without `choices`: {str(payload)[:300]}")
+        return payload
 
     async def served_model(self) -> str:
         """The ``model`` field: the spec's, else the first of ``GET /v1/models``."""
         if self._served_model is None:
+            payload, _ = await self.http.get("/v1/models")
             try:
-                response = await self._http.get(f"{self.base_url}/v1/models", headers=self._headers)
-                if response.status_code >= 400:
-                    raise error_for_status(response.status_code, f"GET /v1/models: {_error_message(response)}")
-                self._served_model = response.json()["data"][0]["id"]
-            except Exception as error:  # noqa: BLE001
-                raise map_client_error(error, self.base_url) from error
+                self._served_model = payload["data"][0]["id"]
+            except (KeyError, IndexError, TypeError) as error:
+                raise EndpointError("protocol", f"{self.base_url}/v1/models lists no model: {str(payload)[:300]}") from error
         return self._served_model
 
     async def generate(self, request: GenerateRequest) -> Generation:
@@ -145,7 +112,7 @@ class OpenAIBackend(Backend):
             fields = constraint_fields(request.constraint, self.style)
             body.update(fields)
             meta["constraint"] = "enforced" if fields else "not enforced"
-        payload, _ = await self._post("/v1/chat/completions", body)
+        payload = await self._post("/v1/chat/completions", body)
         choice = payload["choices"][0]
         message = choice.get("message") or {}
         usage = payload.get("usage") or {}
@@ -172,7 +139,7 @@ class OpenAIBackend(Backend):
         prompt = render_chat_prompt(request.messages, self.tokenizer)
         body = {"model": await self.served_model(), "prompt": prompt + request.continuation,
                 "echo": True, "logprobs": 1, "max_tokens": 0, "temperature": 0.0}
-        payload, _ = await self._post("/v1/completions", body)
+        payload = await self._post("/v1/completions", body)
         choice = payload["choices"][0]
         logprobs = choice.get("logprobs") or {}
         tokens, values, offsets = logprobs.get("tokens"), logprobs.get("token_logprobs"), logprobs.get("text_offset")
@@ -196,6 +163,5 @@ class OpenAIBackend(Backend):
         return scores
 
     async def aclose(self) -> None:
-        if self._client is not None and self._loop is asyncio.get_running_loop():
-            await self._client.aclose()
-        self._client = self._loop = None
+        """Closes this event loop's connections; the backend stays usable."""
+        await self.http.aclose()

@@ -131,3 +131,44 @@ def test_one_backend_serves_several_run_sync_calls(tgi_stand_in, tmp_path, kind)
                                retry=FAST).run_sync([(f"k{i}", ask(f"q{i}")) for i in range(3)])
             assert result.ledger.ok == 3
     assert len(server.requests) == 9
+
+
+def test_fleet_backend_sets_concurrency_and_short_backoff(tmp_path):
+    from builders.annotate import FLEET_RETRY
+    from builders.fleet import Fleet, FleetConfig
+
+    fleet = Fleet.from_specs([EndpointSpec(kind="tgi", url="http://127.0.0.1:9", model="judge")], FleetConfig(concurrency=300))
+    with JudgmentStore(tmp_path / "j.sqlite") as store:
+        annotator = Annotator(fleet, store, stage="s", prompt_version="v1", concurrency=8, progress=False)
+        assert annotator.concurrency == 300 and annotator.retry is FLEET_RETRY
+        assert FLEET_RETRY.base_delay_s < RetryPolicy().base_delay_s
+        explicit = Annotator(fleet, store, stage="s", prompt_version="v1", retry=FAST, progress=False)
+        assert explicit.retry is FAST
+
+
+def test_progress_bar_shows_cost_so_far(tgi_stand_in, tmp_path, monkeypatch):
+    import builders.annotate as annotate_module
+    from builders.ledger import Price
+
+    postfixes = []
+
+    class RecordingBar:
+        def __init__(self, *args, **kwargs):
+            self.n = kwargs.get("initial", 0)
+
+        def update(self, n):
+            self.n += n
+
+        def set_postfix(self, values, refresh=False):
+            postfixes.append(dict(values))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(annotate_module, "tqdm", RecordingBar)
+    server = tgi_stand_in(answer_yes)
+    with JudgmentStore(tmp_path / "j.sqlite") as store:
+        result = annotator(server, store, price=Price(prompt=1_000_000.0, completion=0.0)).run_sync(
+            [(f"k{i}", ask(f"q{i}")) for i in range(3)])
+    assert len(postfixes) == 3
+    assert float(postfixes[-1]["usd"]) == pytest.approx(result.ledger.prompt_tokens) and result.ledger.prompt_tokens > 0

@@ -110,3 +110,55 @@ def test_sigkilled_writer_loses_nothing_stored_and_resume_pays_no_call_twice(tgi
     for key in survivors:  # no stored answer was asked for again
         assert not any(f"question {key[1:]}" in prompt for prompt in resumed_prompts)
     assert len(resumed_prompts) == n - len(survivors)
+
+
+def test_group_writer_batches_commits_and_put_returns_only_after_commit(tmp_path):
+    import asyncio
+
+    path = tmp_path / "j.sqlite"
+    with JudgmentStore(path) as store, JudgmentStore(path, readonly=True) as reader:
+        store.put(judgment("k000", text="first"))
+        created = store.get("s", "m", "v1", "k000").created_at
+        seen_after_put = []
+
+        async def go(writer):
+            async def one(i):
+                await writer.put(judgment(f"k{i:03d}", text=f"t{i}"))
+                seen_after_put.append(reader.get("s", "m", "v1", f"k{i:03d}") is not None)
+            await asyncio.gather(*(one(i) for i in range(100)))
+
+        async def main():
+            async with store.group_writer(max_delay_s=0.05, max_rows=30) as writer:
+                await go(writer)
+            return writer
+
+        writer = asyncio.run(main())
+        assert all(seen_after_put) and len(seen_after_put) == 100  # committed (visible to another connection) on return
+        assert writer.rows == 100 and 4 <= writer.commits < 100  # batches: at most 30 rows, far fewer than 100 commits
+        assert [j.key for j in reader.judgments()] == [f"k{i:03d}" for i in range(100)]
+        assert store.get("s", "m", "v1", "k000").created_at == created and store.get("s", "m", "v1", "k000").text == "t0"
+
+
+def test_group_writer_hands_a_failed_commit_to_every_waiter(tmp_path):
+    import asyncio
+    import sqlite3
+
+    with JudgmentStore(tmp_path / "j.sqlite") as store:
+        async def main():
+            async with store.group_writer(max_delay_s=0.2) as writer:
+                return await asyncio.gather(writer.put(judgment("good")), writer.put(judgment("bad", status="maybe")),
+                                            return_exceptions=True)
+
+        outcomes = asyncio.run(main())
+        assert all(isinstance(o, sqlite3.IntegrityError) for o in outcomes)  # one transaction: neither counts done
+        assert store.get("s", "m", "v1", "good") is None and store.get("s", "m", "v1", "bad") is None
+
+
+def test_synchronous_mode_is_checked_and_applied(tmp_path):
+    with pytest.raises(ValueError, match="synchronous"):
+        JudgmentStore(tmp_path / "a.sqlite", synchronous="OFF")
+    with JudgmentStore(tmp_path / "b.sqlite", synchronous="FULL") as store:
+        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    with JudgmentStore(tmp_path / "c.sqlite") as store:
+        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL (WAL)
+        assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -104,3 +104,17 @@ def test_llamacpp_refuses_to_score():
     backend = make_backend(EndpointSpec(kind="openai", url="http://127.0.0.1:9", model="m", response_format_style="llamacpp"))
     with pytest.raises(EndpointError, match="shifted by one token"):
         call(backend, lambda: backend.score(ScoreRequest(messages=MESSAGES, continuation="Yes")))
+
+
+def test_one_backend_serves_several_event_loops(tgi_stand_in):
+    server = tgi_stand_in(lambda request: "ok")
+    backend = make_backend(EndpointSpec(kind="openai", url=server.url, model="m"))
+    request = GenerateRequest(messages=MESSAGES, max_new_tokens=1)
+
+    async def many():
+        return [g.text for g in await asyncio.gather(*(backend.generate(request) for _ in range(4)))]
+
+    assert asyncio.run(many()) == ["ok"] * 4
+    assert asyncio.run(many()) == ["ok"] * 4
+    assert call(backend, many) == ["ok"] * 4
+    assert call(backend, many) == ["ok"] * 4

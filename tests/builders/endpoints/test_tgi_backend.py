@@ -9,6 +9,9 @@ from builders.endpoints.tgi import TGIBackend
 from tests.stand_ins.tgi_server import DROP, OVERLOADED, UNAVAILABLE, VALIDATION, Fault, tokenize
 
 MESSAGES = ({"role": "system", "content": "Judge."}, {"role": "user", "content": "Is it relevant?"})
+GENERATE_ROUTE = {"aiohttp": "/generate", "huggingface_hub": "/"}  # the hub client posts to the server root
+
+transports = pytest.mark.parametrize("transport", ["aiohttp", "huggingface_hub"])
 
 
 def call(backend, coroutine_factory):
@@ -20,15 +23,18 @@ def call(backend, coroutine_factory):
     return asyncio.run(go())
 
 
-def test_generate_sends_tgi_parameters_and_reads_details(tgi_stand_in, monkeypatch):
+@transports
+def test_generate_sends_tgi_parameters_and_reads_details(tgi_stand_in, monkeypatch, transport):
     monkeypatch.setenv("JUDGE_TOKEN", "secret-value")
     server = tgi_stand_in(lambda request: "Doc (2) and more words here")
-    backend = make_backend(EndpointSpec(kind="tgi", url=server.url + "/", model="judge-x", api_key_env="JUDGE_TOKEN"))
+    backend = make_backend(EndpointSpec(kind="tgi", url=server.url + "/", model="judge-x", api_key_env="JUDGE_TOKEN",
+                                        transport=transport))
     request = GenerateRequest(messages=MESSAGES, max_new_tokens=3, temperature=0.0, seed=5, stop=("\n",),
                               constraint=Constraint("regex", r"Doc \(\d+\)"))
     out = call(backend, lambda: backend.generate(request))
     assert out.text == "Doc (2" and out.finish_reason == "length" and out.completion_tokens == 3
     sent = server.requests[0]
+    assert sent.path == GENERATE_ROUTE[transport]
     assert sent.body["inputs"] == "System: Judge.\n\nUser: Is it relevant?\n\nAssistant:\n"
     params = sent.body["parameters"]
     assert params["grammar"] == {"type": "regex", "value": r"Doc \(\d+\)"}
@@ -56,9 +62,10 @@ def test_json_constraint_and_sampling_parameters(tgi_stand_in):
     (Fault(status=504), "server", 504, True), (DROP, "connection", None, True), (Fault(delay_s=2), "timeout", None, True),
     (Fault(raw_body=b"<html>proxy</html>"), "protocol", None, False),
 ])
-def test_errors_map_to_tgi_contract(tgi_stand_in, fault, kind, status, retryable):
+@transports
+def test_errors_map_to_tgi_contract(tgi_stand_in, fault, kind, status, retryable, transport):
     server = tgi_stand_in(faults={0: fault})
-    backend = make_backend(EndpointSpec(kind="tgi", url=server.url, timeout_s=0.3))
+    backend = make_backend(EndpointSpec(kind="tgi", url=server.url, timeout_s=0.3, transport=transport))
     with pytest.raises(EndpointError) as caught:
         call(backend, lambda: backend.generate(GenerateRequest(messages=MESSAGES)))
     assert (caught.value.kind, caught.value.status, caught.value.retryable) == (kind, status, retryable)
@@ -70,16 +77,17 @@ def test_missing_token_env_is_a_clear_error(monkeypatch):
         make_backend(EndpointSpec(kind="tgi", url="http://127.0.0.1:9", api_key_env="NO_SUCH_TOKEN_VAR"))
 
 
-def test_score_reads_prefill_logprobs_for_the_continuation(tgi_stand_in):
+@transports
+def test_score_reads_prefill_logprobs_for_the_continuation(tgi_stand_in, transport):
     # logprob of a token = -(its position in the prompt + 1) / 10: easy to compute by hand
     server = tgi_stand_in(logprob_fn=lambda text, position: -(position + 1) / 10)
-    backend = make_backend(EndpointSpec(kind="tgi", url=server.url))
+    backend = make_backend(EndpointSpec(kind="tgi", url=server.url, transport=transport))
     scores = call(backend, lambda: backend.score(ScoreRequest(messages=({"role": "user", "content": "Q?"},), continuation="Yes, 2")))
     # inputs "User: Q?\n\nAssistant:\nYes, 2" -> <s> User : Q ? \n\n Assistant : \nYes , ␣2 (stand-in tokens)
     # "\nYes" straddles the boundary (position 8), "," is 9, " 2" is 10
     assert [(s.text, s.start, s.end) for s in scores] == [("\nYes", 0, 3), (",", 3, 4), (" 2", 4, 6)]
     assert [s.logprob for s in scores] == pytest.approx([-0.9, -1.0, -1.1])
-    assert [r.path for r in server.requests] == ["/", "/tokenize"]
+    assert [r.path for r in server.requests] == [GENERATE_ROUTE[transport], "/tokenize"]
     assert server.requests[0].body["parameters"]["decoder_input_details"] is True
 
 
@@ -118,3 +126,26 @@ def test_chat_template_bos_is_not_doubled_for_tgi():
     assert backend.render(MESSAGES) == "[system]Judge.[user]Is it relevant?[assistant]"
     assert render_chat_prompt(MESSAGES, BosTokenizer()).startswith("<s>[system]")
     asyncio.run(backend.aclose())
+
+
+@transports
+def test_one_backend_serves_several_event_loops(tgi_stand_in, transport):
+    """A backend built once is used by several ``asyncio.run`` calls (``Annotator.run_sync``
+    per stage): each loop gets its own session, none reuses a closed loop's connections."""
+    server = tgi_stand_in(lambda request: "yes")
+    backend = make_backend(EndpointSpec(kind="tgi", url=server.url, transport=transport))
+    request = GenerateRequest(messages=MESSAGES, max_new_tokens=1)
+
+    async def many():
+        return [g.text for g in await asyncio.gather(*(backend.generate(request) for _ in range(5)))]
+
+    assert asyncio.run(many()) == ["yes"] * 5  # no aclose: the loop closes under the open session
+    assert asyncio.run(many()) == ["yes"] * 5
+    assert call(backend, many) == ["yes"] * 5  # aclose, then the backend is still usable
+    assert call(backend, many) == ["yes"] * 5
+    assert len(server.requests) == 20
+
+
+def test_unknown_transport_is_refused():
+    with pytest.raises(ValueError, match="transport"):
+        make_backend(EndpointSpec(kind="tgi", url="http://127.0.0.1:9", transport="requests"))
