@@ -1,5 +1,5 @@
 """``python -m builders.distributed RECIPE --workers N [--shards S] [--executor local|slurm|ray]
-[--root DIR] [--out DIR] [--set key=value ...]``
+[--root DIR] [--out DIR] [--set key=value ...] [--merge-only]``
 
 Runs a build as S shards (``builders.shard``: by query_id hash, each with its own judgment
 store, resumable) on datatrove's executors, then merges them into the dataset a
@@ -36,7 +36,7 @@ from pathlib import Path
 from datatrove.pipeline.base import PipelineStep
 
 from builders.recipe import Recipe, load_recipe
-from builders.shard import STORE, Shard, build_shard, merge
+from builders.shard import STORE, Shard, build_shard, default_root, merge
 
 
 class ShardBuildStep(PipelineStep):
@@ -101,7 +101,7 @@ def run_distributed(
     shards = shards or workers
     if workers < 1 or shards < 1:
         raise ValueError(f"--workers and --shards must be >= 1 (got {workers}, {shards})")
-    root = Path(root or Path(".hardneg-cache") / recipe.name / f"shards-{shards}")
+    root = Path(root or default_root(recipe, shards))
     out_dir = Path(out_dir or recipe.output.folder)
     steps = [ShardBuildStep(recipe, str(root), command)]
     logs = str(root / "logs")
@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key (dotted), value read as YAML")
     p.add_argument("--slurm-partition")
     p.add_argument("--slurm-time", help="time limit per shard task, e.g. 24:00:00")
+    p.add_argument("--merge-only", action="store_true", help="only merge shards already built under --root (e.g. with `python -m builders.cli RECIPE --shard i/N` on several machines)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     overrides = []
@@ -158,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append((k.strip(), v))
     recipe = load_recipe(args.recipe, overrides)
     command = "python -m builders.distributed " + " ".join(shlex.quote(a) for a in argv if a != "--no-progress")
+    if args.merge_only:
+        shards = args.shards or args.workers
+        root = args.root or default_root(recipe, shards)
+        merge_shards(recipe, root, shards, args.out or recipe.output.folder, command, progress=not args.no_progress)
+        return 0
     report = run_distributed(
         recipe, workers=args.workers, shards=args.shards, executor=args.executor, root=args.root, out_dir=args.out,
         command=command, progress=not args.no_progress, slurm={"partition": args.slurm_partition, "time": args.slurm_time},

@@ -112,6 +112,11 @@ def recipe_fingerprint(recipe: Recipe) -> str:
     return md5(json.dumps(d, sort_keys=True, default=str))
 
 
+def default_root(recipe: Recipe, count: int) -> Path:
+    """Where ``--shard i/N`` and ``builders.distributed`` put the shards unless told otherwise."""
+    return Path(".hardneg-cache") / recipe.name / f"shards-{count}"
+
+
 def shard_recipe(recipe: Recipe, shard: Shard, root: str | Path) -> Recipe:
     """The recipe a shard builds: the same, written under ``root/shard-IIIII-of-NNNNN/``."""
     folder = Path(root) / shard.folder_name

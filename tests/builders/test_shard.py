@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from builders.build import build
@@ -100,16 +101,25 @@ def test_three_shards_merged_equal_the_single_build(tgi_stand_in, tmp_path, monk
     assert report["configs"]["rlhn"] == 49 and report["stats"]["fiqa"]["judge_calls_stage1"] == 25
 
 
-def test_merge_refuses_missing_incomplete_or_foreign_shards(tgi_stand_in, tmp_path, monkeypatch):
+def test_cli_shards_merge_only_and_merge_refuses_missing_incomplete_or_foreign_shards(tgi_stand_in, tmp_path, monkeypatch):
+    from builders.cli import main as cli
+    from builders.distributed import main as distributed
+
     servers, _ = stages_for(tgi_stand_in, subsets=("fiqa",))
     import yaml
 
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(replay_recipe_dict(servers[0].url, servers[1].url)))
     monkeypatch.chdir(tmp_path)
     recipe = load_recipe("recipe.yaml")
-    for i in range(2):
-        build_shard(recipe, Shard(i, 2), tmp_path / "shards", COMMAND, progress=False)
+    for i in range(2):  # as on two machines: one shard each, then the merge
+        assert cli(["recipe.yaml", "--shard", f"{i}/2", "--shard-root", "shards", "--no-progress"]) == 0
+    assert distributed(["recipe.yaml", "--workers", "2", "--root", "shards", "--merge-only", "--out", "merged", "--no-progress"]) == 0
+    assert (len(servers[0].requests), len(servers[1].requests)) == (25, 17)
+    merged = pq.read_table(tmp_path / "merged" / "rlhn")
+    assert merged.num_rows == 25 and merged.column("query_id").to_pylist() == [record_query_id(r) for r in read_source(SourceConfig(path=str(FIXTURES / "fiqa.stage_1.gpt-4o-mini.jsonl")))]
     dirs = sorted((tmp_path / "shards").iterdir())
+    assert [d.name for d in dirs] == ["merge", "shard-00000-of-00002", "shard-00001-of-00002"]
+    dirs = dirs[1:]
     with pytest.raises(MergeError, match=r"missing \[1\]"):
         merge(recipe, dirs[:1], tmp_path / "m", COMMAND, progress=False)
     other = load_recipe("recipe.yaml", [("rlhn.refine.max_flagged", "2")])
