@@ -60,7 +60,7 @@ def test_every_fixture_row_lands_in_exactly_one_shard():
 
 
 def _recipe(tmp_path: Path, servers) -> Path:
-    d = replay_recipe_dict(servers[0].url, servers[1].url, subsets=SUBSETS, concurrency=4)
+    d = replay_recipe_dict(servers[0].url, servers[1].url, subsets=("fiqa",), concurrency=4)
     path = tmp_path / "recipe.yaml"
     import yaml
 
@@ -69,21 +69,21 @@ def _recipe(tmp_path: Path, servers) -> Path:
 
 
 def test_three_shards_merged_equal_the_single_build(tgi_stand_in, tmp_path, monkeypatch):
-    servers, _ = stages_for(tgi_stand_in, subsets=SUBSETS)
+    servers, _ = stages_for(tgi_stand_in, subsets=("fiqa",))
     recipe_path = _recipe(tmp_path, servers)
     monkeypatch.chdir(tmp_path)
 
     recipe = load_recipe(recipe_path, [("output.folder", "single"), ("output.store", "single-store/judgments.sqlite")])
     build(recipe, COMMAND, progress=False)
     single_calls = len(servers[0].requests), len(servers[1].requests)
-    assert single_calls == (50, 36)  # the recorded cascade: 36 of 50 queries escalate
+    assert single_calls == (25, 17)  # the recorded cascade: 17 of 25 queries escalate
 
     recipe = load_recipe(recipe_path)
     sizes = []
     for i in range(3):
         report = build_shard(recipe, Shard(i, 3), tmp_path / "shards", COMMAND, progress=False)
         sizes.append(report["validation"]["rows_kept"])
-    assert sum(sizes) == 50 and all(sizes)
+    assert sum(sizes) == 25 and all(sizes)
     shard_calls = len(servers[0].requests) - single_calls[0], len(servers[1].requests) - single_calls[1]
     assert shard_calls == single_calls  # every call made once across the shards
 
@@ -98,7 +98,7 @@ def test_three_shards_merged_equal_the_single_build(tgi_stand_in, tmp_path, monk
     assert sorted(single) == sorted(merged) and {"README.md", "rlhn/train-00000-of-00001.parquet", "judgments/train-00000-of-00001.parquet"} <= set(single)
     for name in single:
         assert single[name] == merged[name], f"{name} differs between the single build and the merge"
-    assert report["configs"]["rlhn"] == 49 and report["stats"]["fiqa"]["judge_calls_stage1"] == 25
+    assert report["configs"]["default"] == 25 and report["stats"]["fiqa"]["judge_calls_stage1"] == 25
 
 
 def test_cli_shards_merge_only_and_merge_refuses_missing_incomplete_or_foreign_shards(tgi_stand_in, tmp_path, monkeypatch):
