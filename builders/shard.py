@@ -216,8 +216,11 @@ def check_shards(recipe: Recipe, shard_dirs: list[Path]) -> int:
             raise MergeError(f"{d} was built from a different recipe (fingerprint {m['fingerprint']}, this recipe {want}); rebuild it or merge with its recipe")
         if not m["complete"]:
             raise MergeError(f"{d} did not finish; rerun shard {m['index']}/{n} (it resumes from its store)")
-        with sqlite3.connect(f"file:{d / STORE}?mode=ro", uri=True) as conn:
+        conn = sqlite3.connect(f"file:{d / STORE}?mode=ro", uri=True)
+        try:
             (pending,) = conn.execute("SELECT COUNT(*) FROM judgments WHERE status = 'failed' AND retryable = 1").fetchone()
+        finally:
+            conn.close()
         if pending:
             raise MergeError(f"{d}: {pending} judge call(s) failed with a retryable error; rerun shard {m['index']}/{n} to retry them, then merge")
     return n
