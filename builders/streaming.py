@@ -104,7 +104,8 @@ class ConfigSpool:
         for name in self.order + ["judgments"]:
             if not self.rows[name]:
                 continue
-            source = pq.ParquetFile(self.tmp / f"{name}.parquet")
+            # pre_buffer=False: by default pyarrow (26) caches the whole file while iterating
+            source = pq.ParquetFile(self.tmp / f"{name}.parquet", pre_buffer=False)
             schema = source.schema_arrow if name == "judgments" else final
             self._write_shards(source, schema, self.folder / name, self.rows[name], rows_per_shard)
             written[name] = self.rows[name]
