@@ -66,6 +66,27 @@ def subset_counts(rows: list[QueryRow]) -> dict[str, dict[str, int]]:
     return {k: dict(v) for k, v in sorted(c.items())}
 
 
+def _judge_tokenizer(spec: EndpointSpec):
+    """The judge's tokenizer without loading its weights: ``tokenizer`` when named; for a
+    local judge its model (a GGUF file's tokenizer is read from the file), else None."""
+    if spec.tokenizer:
+        return load_tokenizer(spec.tokenizer)
+    if spec.kind != "local":
+        return None
+    from transformers import AutoTokenizer
+
+    if spec.model is None or spec.gguf_file:
+        from builders.endpoints.local import SMOLLM2_GGUF, bundled_smollm2
+
+        path = Path(spec.gguf_file) if spec.gguf_file and Path(spec.gguf_file).is_file() else None
+        if path is None and spec.model is None and spec.gguf_file in (None, SMOLLM2_GGUF):
+            path = bundled_smollm2()
+        if path is not None:
+            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        return AutoTokenizer.from_pretrained(spec.model, gguf_file=spec.gguf_file)
+    return AutoTokenizer.from_pretrained(spec.model)
+
+
 def dry_run(recipe: Recipe, progress: bool = True, out=None) -> dict:
     """Counts, one rendered prompt and estimated prompt tokens per stage; no judge is called."""
     out = out or sys.stdout
@@ -87,18 +108,14 @@ def dry_run(recipe: Recipe, progress: bool = True, out=None) -> dict:
             print(f"[{m['role']}]\n{m['content']}", file=out)
         print("--- end of prompt ---\n", file=out)
     tokenizer = load_tokenizer(recipe.dry_run.tokenizer) if recipe.dry_run.tokenizer else None
-    local = make_backends([(n, sp) for n, sp in _specs(recipe) if sp.kind == "local" and not (tokenizer or sp.tokenizer)])
     for name, spec in _specs(recipe):
         share = 1.0 if name == "stage1" else recipe.dry_run.stage2_share
-        tok = tokenizer or load_tokenizer(spec.tokenizer) if (tokenizer or spec.tokenizer) else None
-        backend = local.get(name)
-        chars = 0
+        tok = tokenizer or _judge_tokenizer(spec)
         tokens = 0
         how = "tokenizer"
         for w in windows:
             text = "\n".join(m["content"] for m in render_messages(w, s))
-            chars += len(text)
-            n = len(tok(text).input_ids) if tok is not None else backend.count_tokens(text) if backend is not None else None
+            n = len(tok(text).input_ids) if tok is not None else None
             if n is None:
                 how = "≈ characters / 4 (no tokenizer named: set dry_run.tokenizer)"
                 n = len(text) // 4
@@ -173,6 +190,7 @@ def build(recipe: Recipe, command: str, progress: bool = True, out=None) -> dict
         rows_per_config=rows_per_config,
         validation=vreport.to_dict(max_listed=0),
         settings=settings,
+        empty_configs=empty,
         language=recipe.card.language,
     )
     write_dataset_card(folder, info)

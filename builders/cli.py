@@ -56,14 +56,19 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, overrides = parse_args(argv)
-    recipe = load_recipe(args.recipe, overrides)
     from builders.build import build, dry_run
+    from builders.validate import InvalidRowError
 
-    if args.dry_run:
-        dry_run(recipe, progress=not args.no_progress)
-        return 0
-    command = "python -m builders.cli " + " ".join(shlex.quote(a) for a in argv if a != "--no-progress")
-    report = build(recipe, command, progress=not args.no_progress)
+    try:
+        recipe = load_recipe(args.recipe, overrides)
+        if args.dry_run:
+            dry_run(recipe, progress=not args.no_progress)
+            return 0
+        command = "python -m builders.cli " + " ".join(shlex.quote(a) for a in argv if a != "--no-progress")
+        report = build(recipe, command, progress=not args.no_progress)
+    except (InvalidRowError, FileNotFoundError) as error:  # bad input: say what and where, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.push:
         from builders.publish import push_dataset  # written by the hub helper; needed only for --push
 

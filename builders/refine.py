@@ -56,8 +56,8 @@ def refine(rows: list[QueryRow], decisions: dict[str, Decision], settings: Refin
         decision = decisions.get(row_key(row), Decision("not_judged"))
         untouched = row.subset in settings.untouched_subsets
         usable = decision.status in ("clean", "flagged", "not_judged")
-        c["rows_unparsed"] += 0  # always shown, 0 when none
-        c["rows_failed"] += 0
+        for always in ("rows_unparsed", "rows_failed", "rows_with_false_negatives", "rows_over_max_flagged"):
+            c[always] += 0  # always shown in the card, 0 when none
         if not usable:
             c[f"rows_{decision.status}"] += 1
         fn = set(decision.false_negatives) if decision.status == "flagged" else set()

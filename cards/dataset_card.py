@@ -52,6 +52,7 @@ class DatasetCardInfo:
     rows_per_config: dict[str, int] = field(default_factory=dict)
     validation: dict = field(default_factory=dict)  # ValidationReport.to_dict()
     settings: dict = field(default_factory=dict)  # method settings worth stating (max_flagged, windows, ...)
+    empty_configs: list[str] = field(default_factory=list)  # configs left without rows (not written)
     language: list[str] = field(default_factory=lambda: ["en"])
     citations: list[str] = field(default_factory=lambda: ["rlhn", "bge"])
     task_categories: list[str] = field(default_factory=lambda: ["text-retrieval"])

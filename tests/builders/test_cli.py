@@ -40,7 +40,7 @@ def test_dry_run_prints_counts_prompt_and_token_estimates(capsys):
     out = capsys.readouterr().out
     assert "rows: 30 read, 30 kept" in out and "duplicate_passage:repaired: 2" in out
     assert "nq: 10 rows, 10 positives, 977 negatives" in out
-    assert "Doc (4):" in out and "Doc (5):" not in out and "<verdict><better>" in out
+    assert "Doc (3):" in out and "Doc (4):" not in out and "<verdict><better>" in out
     s1 = re.search(r"stage1 \[.*\]: ~(\d+) prompts, ~([\d,]+) prompt tokens", out)
     s2 = re.search(r"stage2 \[big\]: ~(\d+) prompts, ~([\d,]+) prompt tokens", out)
     assert s1 and s2 and int(s1.group(1)) == 30 and int(s2.group(1)) == int(30 * 0.72)
@@ -66,3 +66,11 @@ def test_cli_builds_prints_load_line_and_pushes(tgi_stand_in, tmp_path, monkeypa
     assert yaml.safe_load(card.split("---\n")[1])["license"] == "apache-2.0"
     for config, n in {"default": 25, "remove": 15, "hn_remove": 25}.items():
         assert datasets.load_dataset(str(tmp_path / "built"), config, split="train").num_rows == n
+
+
+def test_bad_row_under_fail_policy_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "q", "pos": ["a"], "neg": ["b"]}\n{"query": "", "pos": ["a"], "neg": []}\n')
+    code = main([str(ROOT / "recipes" / "sample.yaml"), "--dry-run", "--no-progress", "--set", f"sources=[{{path: '{bad}'}}]", "--set", "validation.policy=fail"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{bad}:2" in err and "missing_query" in err and "Traceback" not in err

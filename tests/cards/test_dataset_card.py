@@ -62,3 +62,9 @@ def test_other_methods_get_their_own_section_without_template_changes():
     assert "| percpos/teacher | `all-MiniLM-L6-v2` | local | `-` |" in text
     assert "negatives_removed" in text and "| percpos | fiqa | 25 |" in text
     assert "percpos" in yaml.safe_load(text.split("---\n")[1])["tags"]
+
+
+def test_empty_configs_are_named():
+    info = _info([_result("rlhn", [], {"fiqa": {"rows_in": 1}})])
+    info.empty_configs = ["remove"]
+    assert "without rows, so not written: remove" in render_dataset_card(info)
