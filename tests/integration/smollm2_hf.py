@@ -15,6 +15,17 @@ def gguf_path() -> Path:
     return bundled_smollm2()
 
 
+def drop_quantization_config(folder: Path) -> None:
+    """The weights are plain fp32 now; a left-over ``quantization_config: {quant_method: gguf}``
+    makes vLLM refuse the folder ("Unknown quantization method: gguf")."""
+    import json
+
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if config.pop("quantization_config", None) is not None:
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def write_hf_folder(target: str | Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -31,6 +42,7 @@ def write_hf_folder(target: str | Path) -> Path:
     partial = target.with_name(target.name + ".partial")
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
+    drop_quantization_config(partial)
     partial.rename(target)  # complete or absent: a killed run leaves no half folder behind
     return target
 
