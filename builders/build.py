@@ -20,9 +20,11 @@ from builders.endpoints import Backend, EndpointSpec, load_tokenizer, make_backe
 from builders.recipe import Recipe
 from builders.rlhn import Stage, prompt_version, render_messages, run_rlhn, variant_of, windows_of
 from builders.rows import QueryRow
+from builders.shard import Shard, select_records
 from builders.sources import read_sources
+from builders.streaming import ConfigSpool, ResultAccumulator, chunks
 from builders.validate import ValidationReport, validate
-from builders.writers import configs_yaml_entries, judgments_table, write_bge_jsonl, write_dataset_repo
+from builders.writers import configs_yaml_entries
 from cards.dataset_card import DatasetCardInfo, write_dataset_card
 
 
@@ -34,14 +36,20 @@ def report_path(recipe: Recipe) -> Path:
     return store_path(recipe).parent / "build_report.json"
 
 
-def load_rows(recipe: Recipe, progress: bool = True) -> tuple[list[QueryRow], ValidationReport]:
+def iter_rows(recipe: Recipe, report: ValidationReport, progress: bool = True, shard: Shard | None = None):
+    """Validated rows as a stream, in source order (``report`` fills as it is consumed)."""
     from tqdm.auto import tqdm
 
     if not recipe.sources:
         raise ValueError("the recipe names no `sources`")
+    records = tqdm(select_records(read_sources(recipe.sources), shard), desc="read+validate" if shard is None else f"read+validate (shard {shard})", unit="row", disable=not progress, dynamic_ncols=True)
+    return validate(records, recipe.validation.policy, report)
+
+
+def load_rows(recipe: Recipe, progress: bool = True, shard: Shard | None = None) -> tuple[list[QueryRow], ValidationReport]:
+    """All rows that pass validation, in a list (the dry run); the build streams ``iter_rows``."""
     report = ValidationReport()
-    records = tqdm(read_sources(recipe.sources), desc="read+validate", unit="row", disable=not progress, dynamic_ncols=True)
-    rows = list(validate(records, recipe.validation.policy, report))
+    rows = list(iter_rows(recipe, report, progress, shard))
     return rows, report
 
 
@@ -140,33 +148,47 @@ def make_backends(specs: list[tuple[str, EndpointSpec]]) -> dict[str, Backend]:
     return out
 
 
-async def _judge(recipe: Recipe, rows: list[QueryRow], progress: bool):
+async def _judge_chunks(recipe: Recipe, rows, spool: ConfigSpool, progress: bool, backends: dict[str, Backend] | None = None):
+    """RLHN over the row stream, ``output.chunk_rows`` rows at a time (``builders.streaming``)."""
     from builders.store import JudgmentStore
 
-    backends = make_backends(_specs(recipe))
+    backends = backends or make_backends(_specs(recipe))
     stages = [Stage(name, b) for name, b in backends.items()]
+    acc = ResultAccumulator("rlhn", [s.name for s in stages])
+    untouched = set(recipe.rlhn.refine.untouched_subsets)
     try:
         with JudgmentStore(store_path(recipe)) as store:
-            return await run_rlhn(rows, stages, recipe.rlhn, store, progress=progress)
+            for chunk in chunks(rows, recipe.output.chunk_rows):
+                result, ledgers = await run_rlhn(chunk, stages, recipe.rlhn, store, progress=progress)
+                spool.add(result.configs, result.judgments)
+                acc.add(result, ledgers, any(r.subset not in untouched and r.negative_passages for r in chunk))
+                acc.subsets.update(r.subset for r in chunk)
     finally:
         for b in {id(b): b for b in backends.values()}.values():
             await b.aclose()
+    result, ledgers = acc.finish()
+    return result, ledgers, acc.subsets
 
 
-def build(recipe: Recipe, command: str, progress: bool = True, out=None) -> dict:
+def build(recipe: Recipe, command: str, progress: bool = True, out=None, shard: Shard | None = None, backends: dict[str, Backend] | None = None) -> dict:
+    """``shard``: build only that shard's rows (``builders.shard.build_shard`` sets the folders);
+    ``backends``: stage -> backend instead of the recipe's (the merge's store-only judges).
+    Memory stays flat in the number of rows: rows stream from the source and are judged and
+    written ``output.chunk_rows`` at a time (``builders.streaming``)."""
     out = out or sys.stdout
     folder = Path(recipe.output.folder)
-    rows, vreport = load_rows(recipe, progress)
+    vreport = ValidationReport()
+    spool = ConfigSpool(folder, scratch=store_path(recipe).parent, bge_jsonl=recipe.output.bge_jsonl)
+    try:
+        result, ledgers, subsets = asyncio.run(_judge_chunks(recipe, iter_rows(recipe, vreport, progress, shard), spool, progress, backends))
+        written = spool.finish(recipe.output.rows_per_shard)
+    except BaseException:
+        spool.discard()
+        raise
     print(f"rows: {vreport.rows_kept} kept of {vreport.rows_read} ({vreport.rows_skipped} skipped, {vreport.rows_repaired} repaired)", file=out)
-    result, ledgers = asyncio.run(_judge(recipe, rows, progress))
-    judgments = judgments_table(result.judgments)
-    written = write_dataset_repo(folder, result.configs, {"judgments": judgments}, recipe.output.rows_per_shard)
     empty = [name for name in list(result.configs) + ["judgments"] if name not in written]
     order = [c for c in ("rlhn", "default", "hn_remove", "remove") if c in written] + [c for c in written if c not in ("rlhn", "default", "hn_remove", "remove")]
-    rows_per_config = {name: len(result.configs[name]) if name in result.configs else judgments.num_rows for name in order}
-    if recipe.output.bge_jsonl:
-        for name in result.configs:
-            write_bge_jsonl(result.configs[name], folder / "bge" / f"{name}.jsonl")
+    rows_per_config = {name: written[name] for name in order}
     settings = {
         "max_flagged": recipe.rlhn.refine.max_flagged,
         "untouched_subsets": ",".join(recipe.rlhn.refine.untouched_subsets),
@@ -186,7 +208,7 @@ def build(recipe: Recipe, command: str, progress: bool = True, out=None) -> dict
         command=command,
         source_datasets=[recipe.card.source_dataset] if recipe.card.source_dataset else sources,
         source_revision=recipe.card.source_revision or next((s.revision for s in recipe.sources if s.revision), None),
-        sources_kept=sorted({r.subset for r in rows}),
+        sources_kept=sorted(subsets),
         rows_per_config=rows_per_config,
         validation=vreport.to_dict(max_listed=0),
         settings=settings,

@@ -1,5 +1,5 @@
 """``python -m builders.cli RECIPE [--set key=value ...] [--key value ...] [--dry-run]
-[--out DIR] [--push org/name --version vX.Y [--private]]``
+[--out DIR] [--push org/name --version vX.Y [--private]] [--shard I/N [--shard-root DIR]]``
 
 Builds the dataset a recipe names (see ``builders.recipe``); ``--dry-run`` only reads and
 validates the sources and prints counts, one rendered prompt and the estimated prompt tokens
@@ -24,6 +24,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
     p.add_argument("--push", metavar="ORG/NAME", help="push the built folder to this Hub dataset repo")
     p.add_argument("--version", help="tag to create on the pushed commit, e.g. v1.0 (with --push)")
     p.add_argument("--private", action="store_true", help="create the Hub repo private (with --push)")
+    p.add_argument("--shard", metavar="I/N", help="build only shard I of N (rows by query_id hash) into its own folder under --shard-root; "
+                   "merge the N shards with `python -m builders.distributed RECIPE --workers N --merge-only`")
+    p.add_argument("--shard-root", metavar="DIR", help="folder of the shards (default .hardneg-cache/<name>/shards-N)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args, rest = p.parse_known_args(argv)
     overrides: list[tuple[str, str]] = []
@@ -50,6 +53,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str
         overrides.append(("output.folder", args.out))
     if args.version and not args.push:
         p.error("--version needs --push")
+    if args.shard and (args.push or args.dry_run):
+        p.error("--shard builds one shard: push the merged folder, and dry-run without --shard")
     return args, overrides
 
 
@@ -65,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
             dry_run(recipe, progress=not args.no_progress)
             return 0
         command = "python -m builders.cli " + " ".join(shlex.quote(a) for a in argv if a != "--no-progress")
+        if args.shard:
+            from builders.shard import build_shard, default_root, parse_shard
+
+            shard = parse_shard(args.shard)
+            build_shard(recipe, shard, args.shard_root or default_root(recipe, shard.count), command, progress=not args.no_progress)
+            return 0
         report = build(recipe, command, progress=not args.no_progress)
     except (InvalidRowError, FileNotFoundError) as error:  # bad input: say what and where, no traceback
         print(f"error: {error}", file=sys.stderr)

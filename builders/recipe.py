@@ -46,6 +46,7 @@ class OutputConfig:
     rows_per_shard: int | None = 100_000
     store: str | None = None  # judgment store (SQLite); default: .hardneg-cache/<name>/judgments.sqlite
     bge_jsonl: bool = False  # also write <folder>/bge/<config>.jsonl for FlagEmbedding
+    chunk_rows: int | None = 5_000  # rows judged and written at a time (flat memory); null: all at once
 
 
 @dataclass

@@ -119,7 +119,8 @@ def read_parquet(path: str | Path, subset: str | None = None, layout: Layout = "
     path = str(path)
     subset = subset or subset_from_filename(path)
     row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+    # pre_buffer=False: pyarrow (26) otherwise caches the whole file while iterating (memory grows with it)
+    for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=1024):
         for d in batch.to_pylist():
             if limit is not None and row >= limit:
                 return

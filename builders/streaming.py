@@ -1,0 +1,198 @@
+"""Flat memory: the build works through the source in chunks of ``output.chunk_rows`` rows and
+keeps no more than one chunk in memory.
+
+- ``chunks(rows, n)`` cuts the validated row stream (a generator over the source) into lists;
+- ``ConfigSpool`` receives each chunk's refined configs and judgments and appends them to
+  temporary parquet files (every column kept: scores and prompt may be null); ``finish``
+  then streams them into the dataset folder's ``<config>/train-XXXXX-of-YYYYY.parquet``
+  shards (shard count from the final row counts, exactly as ``writers.write_shards`` cuts
+  them) with the columns a one-shot write would choose (scores only when every passage has
+  one, prompt when any row has one);
+- ``ResultAccumulator`` sums what each chunk's ``MethodResult`` and ledgers count.
+
+Rows keep their source order in every config. The ``judgments`` config is ordered chunk by
+chunk (within a chunk: stage, subset, query_id, window). An exact duplicate row in a later
+chunk is answered from the judgment store (not paid twice) but counted again in that chunk's
+call counters.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from builders.method import JudgeInfo, MethodResult
+from builders.rows import QueryRow
+from builders.writers import judgments_table, tevatron_schema, tevatron_table, write_bge_jsonl
+
+BATCH_ROWS = 1_000  # rows per parquet write while streaming a spool into the final shards
+
+
+def chunks(rows: Iterable[QueryRow], size: int | None) -> Iterator[list[QueryRow]]:
+    """Lists of at most ``size`` rows (``None``: one list with everything)."""
+    it = iter(rows)
+    if size is None:
+        yield list(it)
+        return
+    if size < 1:
+        raise ValueError(f"output.chunk_rows must be >= 1 or null, got {size}")
+    batch = list(islice(it, size))
+    yield batch  # at least one (maybe empty) chunk: an empty source still builds its (empty) configs
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+class ConfigSpool:
+    """Temporary per-config parquet files, appended chunk by chunk, then written out."""
+
+    FULL = tevatron_schema(with_scores=True, with_prompt=True)
+
+    def __init__(self, folder: Path, scratch: Path, bge_jsonl: bool = False):
+        self.folder = Path(folder)
+        Path(scratch).mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix="spool-", dir=scratch))
+        self.writers: dict[str, pq.ParquetWriter] = {}
+        self.rows: Counter = Counter()
+        self.order: list[str] = []  # config names in the order the method returns them
+        self.all_scored = True
+        self.any_prompt = False
+        self.bge_jsonl = bge_jsonl
+
+    def _writer(self, name: str, schema: pa.Schema) -> pq.ParquetWriter:
+        if name not in self.writers:
+            self.writers[name] = pq.ParquetWriter(self.tmp / f"{name}.parquet", schema)
+        return self.writers[name]
+
+    def add(self, configs: dict[str, list[QueryRow]], judgments: list[dict]) -> None:
+        for name, rows in configs.items():
+            if name not in self.order:
+                self.order.append(name)
+            if not rows:
+                continue
+            self.all_scored &= all(p.score is not None for r in rows for p in r.positive_passages + r.negative_passages)
+            self.any_prompt |= any(r.prompt is not None for r in rows)
+            self._writer(name, self.FULL).write_table(tevatron_table(rows, with_scores=True, with_prompt=True))
+            self.rows[name] += len(rows)
+            if self.bge_jsonl:
+                path = self.tmp / "bge" / f"{name}.jsonl"
+                write_bge_jsonl(rows, path.with_suffix(".part"))
+                with open(path, "ab") as whole, open(path.with_suffix(".part"), "rb") as part:
+                    shutil.copyfileobj(part, whole)
+        if judgments:
+            table = judgments_table(judgments)
+            self._writer("judgments", table.schema).write_table(table)
+            self.rows["judgments"] += len(judgments)
+
+    def finish(self, rows_per_shard: int | None) -> dict[str, int]:
+        """Write the dataset folder's parquet shards -> rows per written config (empty configs
+        are not written; config folders not written now are removed, as in
+        ``writers.write_dataset_repo``)."""
+        for w in self.writers.values():
+            w.close()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if "data" in self.rows:
+            raise ValueError("`data` is not allowed as a config name on the Hub")
+        final = tevatron_schema(self.all_scored and any(self.rows[n] for n in self.order), self.any_prompt)
+        written: dict[str, int] = {}
+        for name in self.order + ["judgments"]:
+            if not self.rows[name]:
+                continue
+            # pre_buffer=False: by default pyarrow (26) caches the whole file while iterating
+            source = pq.ParquetFile(self.tmp / f"{name}.parquet", pre_buffer=False)
+            schema = source.schema_arrow if name == "judgments" else final
+            self._write_shards(source, schema, self.folder / name, self.rows[name], rows_per_shard)
+            written[name] = self.rows[name]
+        for child in self.folder.iterdir():
+            if child.is_dir() and child.name not in written and any(child.glob("train-*-of-*.parquet")):
+                shutil.rmtree(child)
+        if self.bge_jsonl:
+            (self.folder / "bge").mkdir(exist_ok=True)
+            for name in self.order:
+                part = self.tmp / "bge" / f"{name}.jsonl"
+                if part.exists():
+                    shutil.move(part, self.folder / "bge" / f"{name}.jsonl")
+                else:
+                    (self.folder / "bge" / f"{name}.jsonl").write_bytes(b"")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return written
+
+    @staticmethod
+    def _write_shards(source: pq.ParquetFile, schema: pa.Schema, folder: Path, total: int, rows_per_shard: int | None, split: str = "train") -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob(f"{split}-*-of-*.parquet"):
+            old.unlink()
+        n = max(1, -(-total // rows_per_shard)) if rows_per_shard else 1
+        size = -(-total // n)
+        shard, in_shard, writer = 0, 0, None
+        for batch in source.iter_batches(batch_size=BATCH_ROWS, columns=schema.names):
+            table = pa.Table.from_batches([batch]).cast(schema)
+            while table.num_rows:
+                if writer is None:
+                    writer = pq.ParquetWriter(folder / f"{split}-{shard:05d}-of-{n:05d}.parquet", schema)
+                take = table.slice(0, size - in_shard)
+                writer.write_table(take)
+                in_shard += take.num_rows
+                table = table.slice(take.num_rows)
+                if in_shard == size:
+                    writer.close()
+                    writer, shard, in_shard = None, shard + 1, 0
+        if writer is not None:
+            writer.close()
+
+    def discard(self) -> None:
+        for w in self.writers.values():
+            w.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class ResultAccumulator:
+    """Sums chunk results into one ``MethodResult`` (configs hold names only: the rows are in
+    the spool) and one ledger per stage and group."""
+
+    def __init__(self, name: str, stage_order: list[str]):
+        self.result = MethodResult(name=name, configs={})
+        self.stage_order = stage_order
+        self.judges: list[JudgeInfo] = []
+        self.fallback_judges: list[JudgeInfo] = []
+        self.ledgers: dict[str, dict[str, dict]] = defaultdict(dict)
+        self.subsets: set[str] = set()
+
+    def add(self, result: MethodResult, ledgers: dict, judged_any: bool) -> None:
+        for subset, counters in result.stats.items():
+            self.result.stats[subset].update(counters)
+        for name in result.configs:
+            self.result.configs.setdefault(name, [])
+        chosen = self.judges if judged_any else self.fallback_judges
+        for j in result.judges:
+            if j not in chosen:
+                chosen.append(j)
+        for stage, groups in ledgers.items():
+            for group, ledger in groups.items():
+                self.ledgers[stage][group] = _add_ledgers(self.ledgers[stage].get(group), ledger)
+
+    def finish(self) -> tuple[MethodResult, dict]:
+        judges = self.judges or self.fallback_judges
+        self.result.judges = sorted(judges, key=lambda j: (self.stage_order.index(j.stage.rsplit("/", 1)[-1]) if j.stage.rsplit("/", 1)[-1] in self.stage_order else 99, j.prompt_version))
+        ordered = {s: dict(sorted(self.ledgers[s].items())) for s in self.stage_order if s in self.ledgers}
+        return self.result, ordered
+
+
+def _add_ledgers(a: dict | None, b: dict) -> dict:
+    if a is None:
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in b.items()}
+    out = {}
+    for k, v in b.items():
+        if isinstance(v, dict):
+            out[k] = dict(Counter(a.get(k, {})) + Counter(v)) or {}
+        elif k == "wall_s":
+            out[k] = round(a.get(k, 0.0) + v, 3)
+        else:
+            out[k] = a.get(k, 0) + v
+    return out
