@@ -11,7 +11,8 @@ openai     ``response_format: {"type": "json_schema", "json_schema":        not 
 vllm       same as openai                                                  ``structured_outputs: {"regex": ...}``
                                                                            (vLLM >= 0.12; ``guided_regex`` before)
 sglang     same as openai                                                  top-level ``regex``
-llamacpp   ``response_format: {"type": "json_object", "schema": ...}``      not offered: sent unconstrained
+llamacpp   ``response_format: {"type": "json_object", "schema": ...}``      GBNF ``grammar`` translated from the regex
+                                                                           (``builders.endpoints.gbnf``)
 tgi        ``response_format: {"type": "json", "value": ...}``              ``{"type": "regex", "value": ...}``
 =========  ==============================================================  =====================================
 
@@ -26,10 +27,11 @@ from __future__ import annotations
 import json
 
 from builders.endpoints import EndpointSpec, render_chat_prompt
+from builders.endpoints.gbnf import regex_to_gbnf
 from builders.endpoints.base import Backend, Constraint, EndpointError, GenerateRequest, Generation, ScoreRequest, TokenScore
 from builders.endpoints.http import HttpClient
 
-REGEX_FLAVOURS = frozenset({"vllm", "sglang", "tgi"})
+REGEX_FLAVOURS = frozenset({"vllm", "sglang", "tgi", "llamacpp"})
 
 
 def constraint_fields(constraint: Constraint, style: str) -> dict:
@@ -49,6 +51,8 @@ def constraint_fields(constraint: Constraint, style: str) -> dict:
             return {"structured_outputs": {"regex": constraint.value}}
         if style == "sglang":
             return {"regex": constraint.value}
+        if style == "llamacpp":
+            return {"grammar": regex_to_gbnf(constraint.value)}
         return {}
     raise ValueError(f"constraint kind {constraint.kind!r} is not 'regex' or 'json'")
 

@@ -45,7 +45,7 @@ def test_chat_request_body_and_usage(tgi_stand_in, monkeypatch):
     ("vllm", "regex", "Yes|No", {"structured_outputs": {"regex": "Yes|No"}}),
     ("sglang", "regex", "Yes|No", {"regex": "Yes|No"}),
     ("openai", "regex", "Yes|No", {}),
-    ("llamacpp", "regex", "Yes|No", {}),
+    ("llamacpp", "regex", "Yes|No", {"grammar": 'root ::= "Yes" | "No"'}),
 ])
 def test_constraint_shape_per_flavour(style, kind, value, expected):
     assert constraint_fields(Constraint(kind, value), style) == expected
@@ -60,13 +60,13 @@ def test_constraint_fields_travel_in_the_request_body(tgi_stand_in, style, kind,
     body = server.requests[0].body
     expected = constraint_fields(Constraint(kind, value), style)
     assert {k: body[k] for k in expected} == expected
-    assert not {"response_format", "structured_outputs", "regex"} - set(expected) & set(body)
+    assert not {"response_format", "structured_outputs", "regex", "grammar"} - set(expected) & set(body)
     assert (kind in backend.supports_constraint) == bool(expected)
 
 
 def test_regex_on_a_flavour_without_regex_is_sent_unconstrained_and_marked(tgi_stand_in):
     server = tgi_stand_in(lambda request: "Yes")
-    backend = make_backend(EndpointSpec(kind="openai", url=server.url, model="m", response_format_style="llamacpp"))
+    backend = make_backend(EndpointSpec(kind="openai", url=server.url, model="m", response_format_style="openai"))
     assert backend.supports_constraint == frozenset({"json"})
     out = call(backend, lambda: backend.generate(GenerateRequest(messages=MESSAGES, constraint=Constraint("regex", "Yes|No"))))
     assert out.meta["constraint"] == "not enforced" and "response_format" not in server.requests[0].body
