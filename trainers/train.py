@@ -8,6 +8,7 @@ fields) -> ``trainers.embedder_trainer``; ``cross_encoder`` / ``llm_reranker`` -
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -33,12 +34,34 @@ def read_kind(config_path: str) -> str:
     return kind
 
 
+def check_launch(env: dict[str, str], cuda_available: bool) -> None:
+    """Refuse a multi-process launch on a machine without CUDA unless accelerate is in CPU mode.
+
+    ``accelerate launch --config_file accelerate_configs/multi_gpu.yaml`` starts N processes through
+    torchrun; without CUDA they only join one (gloo) process group when ``ACCELERATE_USE_CPU`` is set
+    (``--cpu`` or ``use_cpu: true``). Otherwise every process trains alone on its own copy of the
+    model and data, N times the work for one model's worth of training, and nothing says so.
+    """
+    world_size = int(env.get("WORLD_SIZE", "1") or 1)
+    cpu_mode = env.get("ACCELERATE_USE_CPU", "").strip().lower() in {"1", "true", "yes", "y", "on"}
+    if world_size > 1 and not cuda_available and not cpu_mode:
+        raise ConfigError(
+            f"{world_size} processes were launched but this machine has no CUDA device and accelerate is not "
+            "in CPU mode, so each process would train alone. For DDP on CPU (gloo) add `--cpu` to "
+            "`accelerate launch` (or set ACCELERATE_USE_CPU=1, or `use_cpu: true` in the accelerate config); "
+            "otherwise launch with --num_processes 1 or on a GPU machine."
+        )
+
+
 def main(argv: list[str] | None = None) -> Path:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         raise SystemExit(0 if argv else 2)
     config_path, overrides = argv[0], argv[1:]
+    import torch
+
+    check_launch(dict(os.environ), torch.cuda.is_available())
     kind = read_kind(config_path)
     if kind == "embedder":
         from trainers.embedder_config import EmbedderConfig
