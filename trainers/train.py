@@ -4,6 +4,8 @@
 The YAML's ``kind`` picks the trainer: ``embedder`` (LoRA embedders too: set the ``lora_*``
 fields) -> ``trainers.embedder_trainer``; ``cross_encoder`` / ``llm_reranker`` ->
 ``trainers.reranker_trainer``. Everything after the YAML path overrides its keys.
+``--push org/name --version vX.Y`` (aliases of ``--push_to`` / ``--push_version``) pushes the saved
+model, card and ``training_config.yaml`` with ``trainers.publish.push_model`` (token from HF_TOKEN / login).
 """
 
 from __future__ import annotations
@@ -20,7 +22,18 @@ import yaml  # noqa: E402
 from trainers.config_io import ConfigError, load_config  # noqa: E402
 
 KINDS = ("embedder", "cross_encoder", "llm_reranker")
-USAGE = "usage: accelerate launch trainers/train.py <config.yaml> [--key value ...]"
+USAGE = ("usage: accelerate launch trainers/train.py <config.yaml> [--key value ...] "
+         "[--push org/name [--version vX.Y]]")
+# short spellings of the push fields: `--push org/name --version v1.0` == `--push_to ... --push_version ...`
+ALIASES = {"--push": "--push_to", "--version": "--push_version"}
+
+
+def expand_aliases(overrides: list[str]) -> list[str]:
+    out = []
+    for arg in overrides:
+        key, eq, value = arg.partition("=")
+        out.append(ALIASES.get(key, key) + eq + value if key in ALIASES else arg)
+    return out
 
 
 def read_kind(config_path: str) -> str:
@@ -58,7 +71,7 @@ def main(argv: list[str] | None = None) -> Path:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         raise SystemExit(0 if argv else 2)
-    config_path, overrides = argv[0], argv[1:]
+    config_path, overrides = argv[0], expand_aliases(argv[1:])
     import torch
 
     check_launch(dict(os.environ), torch.cuda.is_available())
