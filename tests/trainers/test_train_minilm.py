@@ -31,17 +31,17 @@ def refined(tmp_path_factory):
 def test_accelerate_launch_trains_evaluates_and_writes_model_and_card(refined, tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
-           "--num_cpu_threads_per_process", "1",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "trainers/train.py", "trainers/configs/minilm-cpu.yaml", "--dataset", str(refined),
+    # the one end-to-end launch of accelerate_configs/cpu.yaml (tests/accelerate_configs covers the others)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu.yaml",
+           "--num_cpu_threads_per_process", "1", "trainers/train.py", "trainers/configs/minilm-cpu.yaml", "--dataset", str(refined),
            "--dataset_config", "rlhn", "--output_dir", str(out), "--eval_beir_dir", "tests/fixtures/beir-small",
            *SMALL]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model_dir = out / "model"
     summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["steps"] == 2 and 0.0 <= summary["metrics"]["ndcg@10"] <= 1.0
+    assert summary["steps"] == 2 and summary["num_processes"] == 1 and 0.0 <= summary["metrics"]["ndcg@10"] <= 1.0
+    assert (model_dir / "training_config.yaml").is_file()
     card = (model_dir / "README.md").read_text()
     assert "InfoNCE" in card and "ndcg@10" in card.lower() and "sentence-transformers/all-MiniLM-L6-v2" in card
 
