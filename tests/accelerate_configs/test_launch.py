@@ -34,7 +34,7 @@ EMBEDDER = ("minilm-cpu.yaml", "--passage_max_len", "32")  # T1's tiny embedder 
 RERANKER = ("minilm-cross-encoder-cpu.yaml", "--max_length", "32")
 
 
-def launch(config: str, tmp_path: Path, *extra: str, recipe=EMBEDDER, env_extra=None) -> Path:
+def launch(config: str, tmp_path: Path, *extra: str, recipe=EMBEDDER, env_extra=None, train_extra=()) -> Path:
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                TORCH_EXTENSIONS_DIR=os.environ.get(
@@ -43,7 +43,7 @@ def launch(config: str, tmp_path: Path, *extra: str, recipe=EMBEDDER, env_extra=
     cmd = [str(ACCELERATE), "launch", "--config_file", str(CONFIGS / config), *extra,
            str(REPO / "trainers" / "train.py"), str(REPO / "trainers" / "configs" / recipe[0]), *recipe[1:],
            "--max_steps", "2", "--batch_size", "2", "--group_size", "3",
-           "--max_rows", "8", "--eval_beir_dir", "none", "--output_dir", str(out)]
+           "--max_rows", "8", "--eval_beir_dir", "none", "--output_dir", str(out), *train_extra]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-6000:]}"
     return out
@@ -144,4 +144,10 @@ def test_deepspeed_zero3_one_cpu_process_reranker(tmp_path):
 @needs_deepspeed
 @pytest.mark.slow
 def test_deepspeed_zero3_one_cpu_process_embedder(tmp_path):
-    check_run(launch("deepspeed_zero3.yaml", tmp_path, "--num_processes", "1"), processes=1)
+    """zero3_init_flag: the evaluation after training reloads the saved model with from_pretrained, which
+    loads partitioned (empty) weights unless the trainer left HF's DeepSpeed mode (unset_hf_deepspeed_config)."""
+    out = launch("deepspeed_zero3.yaml", tmp_path, "--num_processes", "1",
+                 train_extra=("--eval_beir_dir", str(REPO / "tests" / "fixtures" / "beir-small")))
+    check_run(out, processes=1)
+    metrics = json.loads((out / "train_summary.json").read_text())["metrics"]
+    assert metrics["ndcg@10"] > 0.1  # base MiniLM after 2 tiny steps; empty weights would score ~0
