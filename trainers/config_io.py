@@ -165,3 +165,26 @@ def load_config(cls: type[T], path: str | Path | None = None, argv: list[str] | 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A config as a plain dict (for logs, checkpoints and the model card)."""
     return dataclasses.asdict(cfg)
+
+
+TRAINING_CONFIG_FILE = "training_config.yaml"  # what trainers/publish.push_model requires next to the weights
+_SECRET_WORDS = ("token", "secret", "password", "api_key")
+
+
+def write_training_config(cfg: Any, model_dir: str | Path) -> Path:
+    """The resolved config as ``<model_dir>/training_config.yaml`` (both trainers call this).
+
+    Configs never hold credentials (tokens come from the environment / HF login), but a field whose
+    name says secret (``hf_token``, ``api_key`` ...) is refused rather than written; the reranker's
+    ``yes_token`` / ``no_token`` are vocabulary entries, not credentials.
+    """
+    values = to_dict(cfg)
+    secret = [k for k, v in values.items()
+              if v and any(w in k.lower() for w in _SECRET_WORDS) and k not in ("yes_token", "no_token")]
+    if secret:
+        raise ConfigError(f"config fields {secret} look like credentials: pass tokens through HF_TOKEN / "
+                          "`hf auth login`, never in a training config")
+    path = Path(model_dir) / TRAINING_CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    return path

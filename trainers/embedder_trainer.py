@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from trainers.config_io import to_dict
+from trainers.config_io import to_dict, write_training_config
 from trainers.data import EmbedderCollator, TrainGroups, load_rows
 from trainers.embedder import Embedder, public_model_name
 from trainers.embedder_config import EmbedderConfig
@@ -119,8 +119,12 @@ def train(cfg: EmbedderConfig) -> Path:
     last_loss = float("nan")
     loop_started = time.time()
     while step < total_steps:
-        groups.set_epoch(epoch)
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+        # accelerate's prepared loaders call dataset.set_epoch(<their own pass counter>) when iterated;
+        # that counter restarts at 0 after a resume (and a fresh skip-loader counts from 0), so setting
+        # the dataset's epoch directly is overwritten: give the loader the real epoch, which it passes
+        # on to TrainGroups.set_epoch
+        epoch_loader.set_epoch(epoch)
         step_in_epoch = skip
         for batch in epoch_loader:
             if cfg.gradcache:
@@ -161,6 +165,12 @@ def train(cfg: EmbedderConfig) -> Path:
 
     accelerator.wait_for_everyone()
     state_dict = accelerator.get_state_dict(model) if accelerator.distributed_type.value == "DEEPSPEED" else None
+    if state_dict is not None:
+        # ZeRO-3 with zero3_init_flag makes every later from_pretrained load partitioned (empty) weights:
+        # the LoRA merge and the evaluation below reload models, so leave that mode first
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
     unwrapped = accelerator.unwrap_model(model)
     model_dir = output_dir / "model"
     if accelerator.is_main_process:
@@ -169,6 +179,7 @@ def train(cfg: EmbedderConfig) -> Path:
         unwrapped.save(model_dir, merge=cfg.merge_on_save, state_dict=state_dict,
                        extra_prompts={subset: cfg.query_prefix + prompt  # the query text as trained
                                       for subset, prompt in dataset_prompts(rows, cfg.use_row_prompt).items()})
+        write_training_config(cfg, model_dir)
         metrics = {}
         if cfg.eval_beir_dir and (model_dir / "modules.json").exists():
             from trainers.evaluate import evaluate_embedder

@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from tqdm.auto import tqdm
 
-from trainers.config_io import to_dict
+from trainers.config_io import to_dict, write_training_config
 from trainers.data import Group, TrainGroups, load_rows
 from trainers.embedder_trainer import STATE_FILE, hardware, last_checkpoint, save_checkpoint
 from trainers.reranker import Reranker, build_reranker, save_reranker
@@ -151,7 +150,7 @@ def train(cfg: RerankerConfig) -> Path:
         if state_dict is not None:  # ZeRO-3 gathered weights; strip the Reranker's "model." prefix
             state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
         save_reranker(unwrapped, model_dir, state_dict=state_dict)
-        (model_dir / "training_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_training_config(cfg, model_dir)
         metrics = {}
         if cfg.eval_beir_dir:
             from trainers.embedder import resolve_model_path

@@ -31,17 +31,17 @@ def refined(tmp_path_factory):
 def test_accelerate_launch_trains_evaluates_and_writes_model_and_card(refined, tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
-           "--num_cpu_threads_per_process", "1",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "trainers/train.py", "trainers/configs/minilm-cpu.yaml", "--dataset", str(refined),
+    # the one end-to-end launch of accelerate_configs/cpu.yaml (tests/accelerate_configs covers the others)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu.yaml",
+           "--num_cpu_threads_per_process", "1", "trainers/train.py", "trainers/configs/minilm-cpu.yaml", "--dataset", str(refined),
            "--dataset_config", "rlhn", "--output_dir", str(out), "--eval_beir_dir", "tests/fixtures/beir-small",
            *SMALL]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     model_dir = out / "model"
     summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["steps"] == 2 and 0.0 <= summary["metrics"]["ndcg@10"] <= 1.0
+    assert summary["steps"] == 2 and summary["num_processes"] == 1 and 0.0 <= summary["metrics"]["ndcg@10"] <= 1.0
+    assert (model_dir / "training_config.yaml").is_file()
     card = (model_dir / "README.md").read_text()
     assert "InfoNCE" in card and "ndcg@10" in card.lower() and "sentence-transformers/all-MiniLM-L6-v2" in card
 
@@ -73,18 +73,35 @@ def tiny_bert_with_minilm_tokenizer(path: Path) -> Path:
     return path
 
 
-def test_resume_from_last_checkpoint_matches_uninterrupted_run(refined, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def uninterrupted(refined, tmp_path_factory):
+    """One uninterrupted 7-step run (10 rows, batch 2: epoch 0 = steps 1-5, epoch 1 = steps 6-7)."""
+    root = tmp_path_factory.mktemp("resume")
+    model = tiny_bert_with_minilm_tokenizer(root / "tiny")
+    return model, embedder_trainer.train(resume_cfg(model, refined, root / "whole", save_steps=0))
+
+
+def resume_cfg(model: Path, refined: Path, out: Path, save_steps: int) -> EmbedderConfig:
+    return load_config(EmbedderConfig, ROOT / "trainers/configs/minilm-cpu.yaml",
+                       ["--model", str(model), "--lr", "1e-3",
+                        "--dataset", str(refined), "--dataset_config", "rlhn", "--output_dir", str(out),
+                        "--eval_beir_dir", "none", "--max_steps", "7", "--save_steps", str(save_steps),
+                        "--batch_size", "2", "--group_size", "2", "--query_max_len", "12", "--passage_max_len", "24"])
+
+
+# save_steps 5: the checkpoint is the end of epoch 0 (resume starts epoch 1 on a fresh loader);
+# save_steps 6: the checkpoint is inside epoch 1 (resume skips one batch of epoch 1). Both failed
+# when the trainer set the dataset's epoch itself: accelerate's loader reset it to its own pass
+# counter (0 after a restart), so the resumed run trained on epoch 0's negatives again.
+@pytest.mark.parametrize("save_steps", [5, 6], ids=["epoch-boundary", "inside-epoch-1"])
+def test_resume_from_last_checkpoint_matches_uninterrupted_run(refined, uninterrupted, tmp_path, monkeypatch,
+                                                               save_steps):
     # dropout on: the resumed run must replay the RNG stream too, not only weights/optimizer/data
-    model = tiny_bert_with_minilm_tokenizer(tmp_path / "tiny")
+    model, whole = uninterrupted
 
     def cfg(out):
-        return load_config(EmbedderConfig, ROOT / "trainers/configs/minilm-cpu.yaml",
-                           ["--model", str(model), "--lr", "1e-3",
-                            "--dataset", str(refined), "--dataset_config", "rlhn", "--output_dir", str(out),
-                            "--eval_beir_dir", "none", "--max_steps", "4", "--save_steps", "2", "--batch_size", "2",
-                            "--group_size", "2", "--query_max_len", "12", "--passage_max_len", "24"])
+        return resume_cfg(model, refined, out, save_steps)
 
-    whole = embedder_trainer.train(cfg(tmp_path / "whole"))
 
     real_save = embedder_trainer.save_checkpoint
 
@@ -96,13 +113,17 @@ def test_resume_from_last_checkpoint_matches_uninterrupted_run(refined, tmp_path
     with pytest.raises(Crash):
         embedder_trainer.train(cfg(tmp_path / "resumed"))
     monkeypatch.setattr(embedder_trainer, "save_checkpoint", real_save)
-    assert (tmp_path / "resumed" / "checkpoints" / "step-2").is_dir()
+    assert (tmp_path / "resumed" / "checkpoints" / f"step-{save_steps}").is_dir()
     resumed = embedder_trainer.train(cfg(tmp_path / "resumed"))
 
     def losses(run):
         return {e["step"]: e["loss"] for e in map(json.loads, (run / "train_log.jsonl").read_text().splitlines())}
 
-    assert losses(tmp_path / "whole") == pytest.approx(losses(tmp_path / "resumed"), abs=1e-6)
+    whole_losses, resumed_losses = losses(whole.parent), losses(tmp_path / "resumed")
+    assert sorted(whole_losses) == sorted(resumed_losses) == list(range(1, 8))
+    assert whole_losses == pytest.approx(resumed_losses, abs=1e-6)
+    epochs = {e["step"]: e["epoch"] for e in map(json.loads, (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines())}
+    assert epochs[6] == epochs[7] == 1
     a, b = Embedder.load(whole).model.state_dict(), Embedder.load(resumed).model.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 

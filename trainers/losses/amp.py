@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from cards.model_card import METHOD_CITATIONS
 from trainers.losses.infonce import InfoNCE
 
-CITATION = """@article{clear2025,
-  title={{CLEAR}: LLM-based correction of labeling errors with confidence scores for retrieval training},
-  note={Descriptive title: the seed copy of the paper lacks its front matter (authors, venue).
-        AMP = average multi-positive InfoNCE, CMP = confidence-weighted multi-positive InfoNCE}
-}"""
+CITATION = METHOD_CITATIONS["CLEAR"]  # one BibTeX entry for the card and the loss (cards/model_card.py)
 
 
 class AMP(InfoNCE):

@@ -1,0 +1,41 @@
+"""trainers/train.py guards and the shared training_config.yaml writer."""
+
+from dataclasses import dataclass
+
+import pytest
+import yaml
+
+from trainers.config_io import ConfigError, write_training_config
+from trainers.embedder_config import EmbedderConfig
+from trainers.reranker_config import RerankerConfig
+from trainers.train import check_launch, expand_aliases
+
+
+def test_multi_process_without_cuda_or_cpu_mode_is_refused():
+    with pytest.raises(ConfigError, match=r"2 processes.*no CUDA.*--cpu.*ACCELERATE_USE_CPU=1"):
+        check_launch({"WORLD_SIZE": "2"}, cuda_available=False)
+    check_launch({"WORLD_SIZE": "2", "ACCELERATE_USE_CPU": "true"}, cuda_available=False)  # gloo DDP
+    check_launch({"WORLD_SIZE": "2"}, cuda_available=True)
+    check_launch({}, cuda_available=False)  # one process: nothing to get wrong
+
+
+def test_push_aliases():
+    assert expand_aliases(["--push", "org/m", "--version=v1.0", "--lr", "1"]) == [
+        "--push_to", "org/m", "--push_version=v1.0", "--lr", "1"]
+
+
+@pytest.mark.parametrize("cfg", [EmbedderConfig(push_to="org/m"), RerankerConfig()], ids=["embedder", "reranker"])
+def test_training_config_yaml_is_the_resolved_config(tmp_path, cfg):
+    path = write_training_config(cfg, tmp_path / "model")
+    assert path.name == "training_config.yaml"
+    assert type(cfg)(**yaml.safe_load(path.read_text())) == cfg
+
+
+def test_training_config_refuses_a_credential_field(tmp_path):
+    @dataclass
+    class Leaky:
+        hf_token: str = "hf_secret"
+
+    with pytest.raises(ConfigError, match="hf_token"):
+        write_training_config(Leaky(), tmp_path)
+    assert not (tmp_path / "training_config.yaml").exists()
