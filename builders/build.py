@@ -16,13 +16,16 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
+from builders import arhn
 from builders.endpoints import Backend, EndpointSpec, load_tokenizer, make_backend
-from builders.recipe import Recipe
-from builders.rlhn import Stage, prompt_version, render_messages, run_rlhn, variant_of, windows_of
+from builders.ledger import CostLedger, StagePlan, chat_token_counter, load_prices
+from builders.methods_run import failures_of, judge_plan, run_methods, stored_ledger
+from builders.recipe import Recipe, rlhn_settings
+from builders.rlhn import prompt_version, render_messages, variant_of, windows_of
 from builders.rows import QueryRow
 from builders.sources import read_sources
 from builders.validate import ValidationReport, validate
-from builders.writers import configs_yaml_entries, judgments_table, write_bge_jsonl, write_dataset_repo
+from builders.writers import configs_yaml_entries, judgments_table, method_judgments_table, write_bge_jsonl, write_dataset_repo
 from cards.dataset_card import DatasetCardInfo, write_dataset_card
 
 
@@ -50,10 +53,9 @@ def load_line(folder: Path, config: str = "rlhn") -> str:
 
 
 def _specs(recipe: Recipe) -> list[tuple[str, EndpointSpec]]:
-    out = [("stage1", recipe.judges.stage1)]
-    if recipe.judges.stage2 is not None:
-        out.append(("stage2", recipe.judges.stage2))
-    return out
+    """RLHN's stages and the first endpoint of each (a fleet's members serve one model)."""
+    plan = judge_plan(recipe)
+    return [(name, plan[name][0]) for name in ("stage1", "stage2") if name in plan]
 
 
 def subset_counts(rows: list[QueryRow]) -> dict[str, dict[str, int]]:
@@ -88,19 +90,25 @@ def _judge_tokenizer(spec: EndpointSpec):
 
 
 def dry_run(recipe: Recipe, progress: bool = True, out=None) -> dict:
-    """Counts, one rendered prompt and estimated prompt tokens per stage; no judge is called."""
+    """Counts, one rendered prompt, and the estimated cost per stage (``CostLedger.estimate``
+    over tokenizer counts of the real prompts); no judge is called."""
     out = out or sys.stdout
     rows, report = load_rows(recipe, progress)
-    s = recipe.rlhn
-    untouched = set(s.refine.untouched_subsets)
-    judged = [r for r in rows if r.subset not in untouched and r.negative_passages]
-    windows = [w for r in judged for w in windows_of(r, s)]
+    s = rlhn_settings(recipe)
     print(f"rows: {report.rows_read} read, {report.rows_kept} kept, {report.rows_skipped} skipped, {report.rows_repaired} repaired (policy {report.policy})", file=out)
     for kind, n in sorted(report.counts.items()):
         print(f"  {kind}: {n}", file=out)
+    untouched = set(s.refine.untouched_subsets) if s else set()
     for subset, c in subset_counts(rows).items():
         print(f"  {subset}: {c['rows']} rows, {c['positives']} positives, {c['negatives']} negatives{' (untouched)' if subset in untouched else ''}", file=out)
-    result = {"validation": report.to_dict(), "subsets": subset_counts(rows), "prompts_stage1": len(windows), "stages": {}}
+    result = {"validation": report.to_dict(), "subsets": subset_counts(rows), "stages": {}}
+    if s is None:
+        methods = [m for m in ("arhn", "prhn", "clear", "percpos") if getattr(recipe, m) is not None]
+        print(f"methods: {', '.join(methods)} (prompt-token estimates are printed for RLHN stages only)", file=out)
+        return result
+    judged = [r for r in rows if r.subset not in untouched and r.negative_passages]
+    windows = [w for r in judged for w in windows_of(r, s)]
+    result["prompts_stage1"] = len(windows)
     if windows:
         example = render_messages(windows[0], s)
         print(f"\n--- rendered prompt ({prompt_version(variant_of(windows[0].row, s))}), {len(windows[0].negatives)} negatives ---", file=out)
@@ -108,22 +116,23 @@ def dry_run(recipe: Recipe, progress: bool = True, out=None) -> dict:
             print(f"[{m['role']}]\n{m['content']}", file=out)
         print("--- end of prompt ---\n", file=out)
     tokenizer = load_tokenizer(recipe.dry_run.tokenizer) if recipe.dry_run.tokenizer else None
+    plans = []
     for name, spec in _specs(recipe):
         share = 1.0 if name == "stage1" else recipe.dry_run.stage2_share
         tok = tokenizer or _judge_tokenizer(spec)
-        tokens = 0
-        how = "tokenizer"
-        for w in windows:
-            text = "\n".join(m["content"] for m in render_messages(w, s))
-            n = len(tok(text).input_ids) if tok is not None else None
-            if n is None:
-                how = "≈ characters / 4 (no tokenizer named: set dry_run.tokenizer)"
-                n = len(text) // 4
-            tokens += n
-        est = int(tokens * share)
-        calls = int(len(windows) * share)
+        if tok is not None:
+            how, count = "tokenizer", chat_token_counter(tok)
+        else:
+            how = "≈ characters / 4 (no tokenizer named: set dry_run.tokenizer)"
+            count = lambda msgs: len("\n".join(m["content"] for m in msgs)) // 4  # noqa: E731
+        counts = [count(render_messages(w, s)) for w in windows]
+        plans.append(StagePlan(f"rlhn/{name}", spec.model_id, counts, share, recipe.dry_run.completion_tokens))
+        est, calls = int(sum(counts) * share), int(len(windows) * share)
         print(f"{name} [{spec.model_id}]: ~{calls} prompts, ~{est:,} prompt tokens ({how}){'' if name == 'stage1' else f', stage-2 share {share}'}", file=out)
         result["stages"][name] = {"judge": spec.model_id, "prompts": calls, "prompt_tokens": est, "counted_with": how}
+    estimate = CostLedger.estimate(plans, load_prices(recipe.prices))
+    print("\n" + estimate.render(), file=out)
+    result["estimate"] = estimate.as_dict()
     return result
 
 
@@ -143,14 +152,22 @@ def make_backends(specs: list[tuple[str, EndpointSpec]]) -> dict[str, Backend]:
 async def _judge(recipe: Recipe, rows: list[QueryRow], progress: bool):
     from builders.store import JudgmentStore
 
-    backends = make_backends(_specs(recipe))
-    stages = [Stage(name, b) for name, b in backends.items()]
-    try:
-        with JudgmentStore(store_path(recipe)) as store:
-            return await run_rlhn(rows, stages, recipe.rlhn, store, progress=progress)
-    finally:
-        for b in {id(b): b for b in backends.values()}.values():
-            await b.aclose()
+    with JudgmentStore(store_path(recipe)) as store:
+        return await run_methods(recipe, rows, store, progress=progress)
+
+
+def _judgments_tables(results) -> dict:
+    """One judgments config per method, each with its own columns: ``judgments`` (RLHN),
+    ``judgments_arhn``, ``judgments_prhn``, ``judgments_clear``, ``judgments_percpos``."""
+    tables = {}
+    for r in results:
+        if r.name == "rlhn":
+            tables["judgments"] = judgments_table(r.judgments)
+        elif r.name in ("arhn", "prhn"):
+            tables[f"judgments_{r.name}"] = method_judgments_table(r.judgments, arhn.JUDGMENT_SCHEMA)
+        else:
+            tables[f"judgments_{r.name}"] = method_judgments_table(r.judgments)
+    return tables
 
 
 def build(recipe: Recipe, command: str, progress: bool = True, out=None) -> dict:
@@ -158,31 +175,39 @@ def build(recipe: Recipe, command: str, progress: bool = True, out=None) -> dict
     folder = Path(recipe.output.folder)
     rows, vreport = load_rows(recipe, progress)
     print(f"rows: {vreport.rows_kept} kept of {vreport.rows_read} ({vreport.rows_skipped} skipped, {vreport.rows_repaired} repaired)", file=out)
-    result, ledgers = asyncio.run(_judge(recipe, rows, progress))
-    judgments = judgments_table(result.judgments)
-    written = write_dataset_repo(folder, result.configs, {"judgments": judgments}, recipe.output.rows_per_shard)
-    empty = [name for name in list(result.configs) + ["judgments"] if name not in written]
-    order = [c for c in ("rlhn", "default", "hn_remove", "remove") if c in written] + [c for c in written if c not in ("rlhn", "default", "hn_remove", "remove")]
-    rows_per_config = {name: len(result.configs[name]) if name in result.configs else judgments.num_rows for name in order}
+    run = asyncio.run(_judge(recipe, rows, progress))
+    configs = {name: rs for r in run.results for name, rs in r.configs.items()}
+    configs.setdefault("default", rows)  # always: the agreement command compares against it
+    tables = _judgments_tables(run.results)
+    written = write_dataset_repo(folder, configs, tables, recipe.output.rows_per_shard)
+    empty = [name for name in list(configs) + list(tables) if name not in written]
+    first = ("rlhn", "default", "hn_remove", "remove")
+    order = [c for c in first if c in written] + [c for c in written if c not in first]
+    rows_per_config = {name: len(configs[name]) if name in configs else tables[name].num_rows for name in order}
+    main_config = "rlhn" if "rlhn" in written else order[0]
     if recipe.output.bge_jsonl:
-        for name in result.configs:
-            write_bge_jsonl(result.configs[name], folder / "bge" / f"{name}.jsonl")
-    settings = {
-        "max_flagged": recipe.rlhn.refine.max_flagged,
-        "untouched_subsets": ",".join(recipe.rlhn.refine.untouched_subsets),
-        "unjudged": recipe.rlhn.refine.unjudged,
-        "negatives_per_prompt": recipe.rlhn.negatives_per_prompt,
-        "max_prompts_per_query": recipe.rlhn.max_prompts_per_query,
-        "max_passage_words": recipe.rlhn.max_passage_words,
-        "escalate_unparsed": recipe.rlhn.escalate_unparsed,
-        "temperature": recipe.rlhn.temperature,
-    }
+        for name in configs:
+            write_bge_jsonl(configs[name], folder / "bge" / f"{name}.jsonl")
+    settings = {}
+    s = rlhn_settings(recipe)
+    if s is not None:
+        settings = {
+            "max_flagged": s.refine.max_flagged,
+            "untouched_subsets": ",".join(s.refine.untouched_subsets),
+            "unjudged": s.refine.unjudged,
+            "negatives_per_prompt": s.negatives_per_prompt,
+            "max_prompts_per_query": s.max_prompts_per_query,
+            "max_passage_words": s.max_passage_words,
+            "escalate_unparsed": s.escalate_unparsed,
+            "temperature": s.temperature,
+        }
+    method_settings = {m: asdict(getattr(recipe, m)) for m in ("arhn", "prhn", "clear", "percpos") if getattr(recipe, m) is not None}
     sources = sorted({s.hub or s.path for s in recipe.sources})
     info = DatasetCardInfo(
         pretty_name=recipe.card.pretty_name or recipe.name,
         license=recipe.card.license,
-        configs=configs_yaml_entries(order, default="rlhn"),
-        results=[result],
+        configs=configs_yaml_entries(order, default=main_config),
+        results=run.results,
         command=command,
         source_datasets=[recipe.card.source_dataset] if recipe.card.source_dataset else sources,
         source_revision=recipe.card.source_revision or next((s.revision for s in recipe.sources if s.revision), None),
@@ -192,43 +217,40 @@ def build(recipe: Recipe, command: str, progress: bool = True, out=None) -> dict
         settings=settings,
         empty_configs=empty,
         language=recipe.card.language,
+        ledger=stored_ledger(run.results, recipe.prices),
+        method_settings=method_settings,
     )
     write_dataset_card(folder, info)
-    failures = Counter()
-    for stage_ledgers in ledgers.values():
-        for ledger in stage_ledgers.values():
-            failures.update({f"failed:{k}": v for k, v in ledger["failures"].items()})
-            failures.update({f"retried:{k}": v for k, v in ledger["retries"].items()})
-            failures["unparseable"] += ledger["unparseable"]
-            failures["parse_retries"] += ledger["parse_retries"]
+    failures = failures_of(run.judge_runs)
     report = {
         "folder": str(folder),
-        "load_dataset": load_line(folder, "rlhn" if "rlhn" in written else order[0]),
+        "load_dataset": load_line(folder, main_config),
         "configs": rows_per_config,
         "empty_configs_not_written": empty,
         "validation": vreport.to_dict(),
-        "stats": {k: dict(v) for k, v in sorted(result.stats.items())},
-        "judges": [asdict(j) for j in result.judges],
-        "judge_runs": ledgers,
+        "stats": {k: dict(v) for r in run.results if r.name == "rlhn" for k, v in sorted(r.stats.items())},  # RLHN's
+        "method_stats": {r.name: {k: dict(v) for k, v in sorted(r.stats.items())} for r in run.results},
+        "judges": [asdict(j) for r in run.results for j in r.judges],
+        "judge_runs": run.judge_runs,
         "failures": dict(sorted(failures.items())),
+        "ledger": run.ledger.as_dict(),
+        "fleets": run.fleets,
         "store": str(store_path(recipe)),
         "recipe": json.loads(json.dumps(asdict(recipe), default=str)),
     }
     rp = report_path(recipe)
     rp.parent.mkdir(parents=True, exist_ok=True)
-    rp.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    text = json.dumps(report, indent=2, default=str)
+    rp.write_text(text, encoding="utf-8")
     report["report"] = str(rp)
-    for name, ledger_by_group in ledgers.items():
-        calls = sum(x["calls"] for x in ledger_by_group.values())
-        cached = sum(x["cached"] for x in ledger_by_group.values())
-        stage_failures = Counter()
-        for x in ledger_by_group.values():
-            stage_failures.update({f"failed:{k}": v for k, v in x["failures"].items()})
-            stage_failures.update({f"retried:{k}": v for k, v in x["retries"].items()})
-            stage_failures.update({"unparseable": x["unparseable"], "parse_retries": x["parse_retries"]})
-        shown = ", ".join(f"{k} {v}" for k, v in sorted(stage_failures.items()) if v) or "none"
-        print(f"{name}: {calls} judge calls made, {cached} answers from the store; failures/retries: {shown}", file=out)
+    for stage, led in run.judge_runs.items():
+        groups = list(led.values()) if "calls" not in led else [led]
+        calls, cached = sum(x["calls"] for x in groups), sum(x["cached"] for x in groups)
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(failures_of({stage: led}).items()) if v) or "none"
+        print(f"{stage}: {calls} judge calls, {cached} answers from the store; failures/retries: {shown}", file=out)
+    if run.ledger.rows:
+        print("\n" + run.ledger.render(), file=out)
     if empty:
         print(f"empty configs (no rows, not written): {', '.join(empty)}", file=out)
-    print(f"\ndataset: {folder.resolve()}\nreport:  {rp.resolve()}\nload it:\n  import datasets\n  ds = {load_line(folder.resolve(), 'rlhn' if 'rlhn' in written else order[0])}", file=out)
+    print(f"\ndataset: {folder.resolve()}\nreport:  {rp.resolve()}\nload it:\n  import datasets\n  ds = {load_line(folder.resolve(), main_config)}", file=out)
     return report

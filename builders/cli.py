@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.push:
         from builders.publish import push_dataset  # written by the hub helper; needed only for --push
 
-        info = push_dataset(report["folder"], args.push, version=args.version, private=args.private, token=None)
+        info = push_dataset(report["folder"], args.push, version=args.version, private=args.private, token=None,
+                            build_report=report["report"])  # source revision, judges and counts for the changelog
         print(f"pushed to https://huggingface.co/datasets/{args.push}" + (f" (tag {args.version})" if args.version else ""))
         if info is not None:
             print(info)
