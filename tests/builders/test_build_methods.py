@@ -219,3 +219,21 @@ def test_fleet_judge_ledger_matches_the_stand_ins(tgi_stand_in, tmp_path, capsys
     printed = capsys.readouterr().out
     assert "--- rendered prompt" in printed and "Estimated cost (dry run, before any call)" in printed
     assert re.search(r"rlhn/stage1\s+stand-in/judge\s+\(estimate\)\s+2\s+2", printed)
+
+
+def test_push_changelog_carries_the_build_report(tgi_stand_in, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    from tests.stand_ins.hub_server import hub_stand_in
+
+    server = tgi_stand_in(respond)
+    path = recipe_file(tmp_path, {"kind": "tgi", "url": server.url, "model": "stand-in/judge"}, arhn=ARHN,
+                       card={"license": "mit", "source_dataset": "cfli/bge-full-data", "source_revision": "abc123"})
+    with hub_stand_in(tmp_path) as hub:
+        monkeypatch.setenv("HF_TOKEN", hub.token)
+        assert main([str(path), "--no-progress", "--push", "org/methods", "--version", "v1.0"]) == 0
+        card = open(HfApi().hf_hub_download("org/methods", "README.md", repo_type="dataset", revision="v1.0"), encoding="utf-8").read()
+    entry = card.split("<!-- hardneg:changelog:start -->")[1].split("<!-- hardneg:changelog:end -->")[0]
+    assert "- source: `cfli/bge-full-data` @ `abc123`" in entry
+    assert "stand-in/judge" in entry and "none recorded" not in entry
+    assert "`arhn_rf` 2" in entry and "`default` 2" in entry
