@@ -192,7 +192,9 @@ def render_dataset_card(info: DatasetCardInfo) -> str:
     methods = []
     for r in info.results:
         general, g_rows, t_cols, t_rows, cost, c_rows = _stat_tables(r)
+        own = info.settings if r.name == "rlhn" or r.name not in info.method_settings else info.method_settings[r.name]
         methods.append({"name": r.name, "judges": r.judges, "configs": list(r.configs), "general": general, "g_rows": g_rows,
+                        "settings": own,
                         "t_cols": t_cols, "t_rows": t_rows, "cost": cost, "c_rows": c_rows})
     front = yaml.safe_dump(card_metadata(info), sort_keys=False, allow_unicode=True, width=1000).strip()
     default_config = info.configs[0]["config_name"] if info.configs else "default"
