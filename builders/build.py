@@ -184,7 +184,8 @@ def build(recipe: Recipe, command: str, progress: bool = True, out=None) -> dict
     first = ("rlhn", "default", "hn_remove", "remove")
     order = [c for c in first if c in written] + [c for c in written if c not in first]
     rows_per_config = {name: len(configs[name]) if name in configs else tables[name].num_rows for name in order}
-    main_config = "rlhn" if "rlhn" in written else order[0]
+    method_configs = [c for r in run.results for c in r.configs if c in written]
+    main_config = "rlhn" if "rlhn" in written else (method_configs or order)[0]
     if recipe.output.bge_jsonl:
         for name in configs:
             write_bge_jsonl(configs[name], folder / "bge" / f"{name}.jsonl")

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, overrides = parse_args(argv)
     from builders.build import build, dry_run
+    from builders.methods_run import BuildError
     from builders.validate import InvalidRowError
 
     try:
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         command = "python -m builders.cli " + " ".join(shlex.quote(a) for a in argv if a != "--no-progress")
         report = build(recipe, command, progress=not args.no_progress)
-    except (InvalidRowError, FileNotFoundError) as error:  # bad input: say what and where, no traceback
+    except (InvalidRowError, FileNotFoundError, BuildError) as error:  # bad input: say what and where, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.push:

@@ -15,6 +15,7 @@ import yaml
 
 from builders.build import build, dry_run
 from builders.cli import main
+from builders.methods_run import BuildError
 from builders.recipe import load_recipe
 from builders.rows import md5
 from tests.stand_ins.tgi_server import prompt_of
@@ -188,11 +189,13 @@ def test_clear_threshold_keeps_positive_confidences(tgi_stand_in, tmp_path):
     assert report["ledger"]["total"]["requests"] == len([r for r in server.requests if r.path in ("/generate", "/")])
 
 
-def test_clear_without_prefill_logprobs_names_the_flag(tgi_stand_in, tmp_path):
+def test_clear_without_prefill_logprobs_names_the_flag(tgi_stand_in, tmp_path, capsys):
     server = tgi_stand_in(respond, prefill_logprobs=False)
     path = recipe_file(tmp_path, {"kind": "tgi", "url": server.url, "model": "m"}, clear={"tau": 0.01, "max_pfn": 1})
-    with pytest.raises(Exception, match="--enable-prefill-logprobs"):
+    with pytest.raises(BuildError, match="--enable-prefill-logprobs"):
         build(load_recipe(path), "cmd", progress=False)
+    assert main([str(path), "--no-progress"]) == 2  # the CLI says it in one line, no traceback
+    assert "--enable-prefill-logprobs" in capsys.readouterr().err
 
 
 def test_fleet_judge_ledger_matches_the_stand_ins(tgi_stand_in, tmp_path, capsys):
