@@ -126,6 +126,11 @@ def test_rlhn_arhn_percpos_on_the_same_rows(tgi_stand_in, tmp_path):
     rank = [r for r in arhn_j if r["stage"] == "arhn/rank" and r["subset"] == "nq"][0]
     assert {d["docid"]: d["decision"] for d in rank["decisions"]} == {negs[0]: "relabel", negs[1]: "keep", negs[2]: "keep", negs[3]: "filter"}
     assert set(load(out, "judgments_percpos").column_names) >= {"teacher_score", "cutoff", "decision"}
+    from builders.agreement import decisions_from_configs, decisions_from_judgments
+    by_judgments = decisions_from_judgments(out, "arhn_rf")  # the agreement command finds judgments_arhn
+    assert by_judgments[md5(EIFFEL["query"])][1] == {negs[0]: 1, negs[1]: 0, negs[2]: 0, negs[3]: 1}
+    by_configs, dropped = decisions_from_configs(out, "arhn_rf")  # ... and `default` to compare against
+    assert by_configs[md5(EIFFEL["query"])][1] == by_judgments[md5(EIFFEL["query"])][1] and not dropped
     assert set(load(out, "judgments").column_names) >= {"better_docids", "raw_response", "prompt_version"}
 
     # 2 RLHN verdicts + 2 ARHN extracts + 2 ARHN rankings; PercPos calls no judge
