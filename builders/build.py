@@ -10,6 +10,7 @@ calls made by this process).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 from collections import Counter
@@ -102,10 +103,23 @@ def dry_run(recipe: Recipe, progress: bool = True, out=None) -> dict:
     for subset, c in subset_counts(rows).items():
         print(f"  {subset}: {c['rows']} rows, {c['positives']} positives, {c['negatives']} negatives{' (untouched)' if subset in untouched else ''}", file=out)
     result = {"validation": report.to_dict(), "subsets": subset_counts(rows), "stages": {}}
-    if s is None:
-        methods = [m for m in ("arhn", "prhn", "clear", "percpos") if getattr(recipe, m) is not None]
-        print(f"methods: {', '.join(methods)} (prompt-token estimates are printed for RLHN stages only)", file=out)
-        return result
+    plans: list[StagePlan] = []
+    if s is not None:
+        plans += _rlhn_plans(recipe, rows, s, result, out)
+    plans += _arhn_plans(recipe, rows, result, out)
+    others = [m for m in ("clear", "percpos") if getattr(recipe, m) is not None]
+    if others:
+        print(f"not estimated: {', '.join(others)} (CLEAR's calls depend on retrieval; PercPos calls no judge)", file=out)
+    estimate = CostLedger.estimate(plans, load_prices(recipe.prices))
+    print("\n" + estimate.render(), file=out)
+    result["estimate"] = estimate.as_dict()
+    return result
+
+
+def _rlhn_plans(recipe: Recipe, rows: list[QueryRow], s, result: dict, out) -> list[StagePlan]:
+    """RLHN's prompts per stage (stage 2: the recipe's expected share of stage-1 flags); prints one."""
+    untouched = set(s.refine.untouched_subsets)
+    plans = []
     judged = [r for r in rows if r.subset not in untouched and r.negative_passages]
     windows = [w for r in judged for w in windows_of(r, s)]
     result["prompts_stage1"] = len(windows)
@@ -116,7 +130,6 @@ def dry_run(recipe: Recipe, progress: bool = True, out=None) -> dict:
             print(f"[{m['role']}]\n{m['content']}", file=out)
         print("--- end of prompt ---\n", file=out)
     tokenizer = load_tokenizer(recipe.dry_run.tokenizer) if recipe.dry_run.tokenizer else None
-    plans = []
     for name, spec in _specs(recipe):
         share = 1.0 if name == "stage1" else recipe.dry_run.stage2_share
         tok = tokenizer or _judge_tokenizer(spec)
@@ -130,10 +143,36 @@ def dry_run(recipe: Recipe, progress: bool = True, out=None) -> dict:
         est, calls = int(sum(counts) * share), int(len(windows) * share)
         print(f"{name} [{spec.model_id}]: ~{calls} prompts, ~{est:,} prompt tokens ({how}){'' if name == 'stage1' else f', stage-2 share {share}'}", file=out)
         result["stages"][name] = {"judge": spec.model_id, "prompts": calls, "prompt_tokens": est, "counted_with": how}
-    estimate = CostLedger.estimate(plans, load_prices(recipe.prices))
-    print("\n" + estimate.render(), file=out)
-    result["estimate"] = estimate.as_dict()
-    return result
+    return plans
+
+
+def _arhn_plans(recipe: Recipe, rows: list[QueryRow], result: dict, out) -> list[StagePlan]:
+    """ARHN's stage-1 prompts (every editable query, as they will be sent; the ranking prompts
+    depend on its answers and are not estimated) and PRHN's ranking prompts."""
+    plan = judge_plan(recipe)
+    plans = []
+    for settings in (recipe.arhn, dataclasses.replace(recipe.prhn, rank_on="passages") if recipe.prhn else None):
+        if settings is None:
+            continue
+        plain = dataclasses.replace(settings, constrained="off")  # the constraint is no prompt token
+        cut = arhn.RetrieverCut(plain.retriever_tokenizer, plain.retriever_max_length)
+        passages = plain.rank_on == "passages"
+        stage, judge = (f"{plain.prefix}/rank", "arhn_rank") if passages else (f"{plain.prefix}/extract", "arhn_extract")
+        spec = plan[judge][0]
+        tok = load_tokenizer(recipe.dry_run.tokenizer) if recipe.dry_run.tokenizer else _judge_tokenizer(spec)
+        count = chat_token_counter(tok) if tok is not None else (lambda msgs: len("\n".join(m["content"] for m in msgs)) // 4)  # noqa: E731
+        counts = []
+        for row in rows:
+            if any(x.lower() in row.subset.lower() for x in plain.never_edit_subsets) or not row.negative_passages:
+                continue
+            docs = [cut(p.full_text) for p in row.positive_passages[:1] + row.negative_passages[: plain.max_negatives]]
+            request = (arhn.rank_request(row.query, docs, plain, None) if passages else arhn.extract_request(row.query, docs, plain, None))
+            counts.append(count(request.messages))
+        plans.append(StagePlan(stage, spec.model_id, counts, 1.0, recipe.dry_run.completion_tokens))
+        print(f"{stage} [{spec.model_id}]: ~{len(counts)} prompts, ~{sum(counts):,} prompt tokens"
+              + ("" if passages else f"; {plain.prefix}/rank not estimated (its prompts hold stage 1's snippets)"), file=out)
+        result["stages"][stage] = {"judge": spec.model_id, "prompts": len(counts), "prompt_tokens": sum(counts)}
+    return plans
 
 
 def make_backends(specs: list[tuple[str, EndpointSpec]]) -> dict[str, Backend]:

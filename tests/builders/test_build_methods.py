@@ -227,6 +227,7 @@ def test_fleet_judge_ledger_matches_the_stand_ins(tgi_stand_in, tmp_path, capsys
     printed = capsys.readouterr().out
     assert "--- rendered prompt" in printed and "Estimated cost (dry run, before any call)" in printed
     assert re.search(r"rlhn/stage1\s+stand-in/judge\s+\(estimate\)\s+2\s+2", printed)
+    assert re.search(r"arhn/extract\s+stand-in/judge\s+\(estimate\)\s+2\s+2", printed)  # one extract prompt per query
 
 
 def test_push_changelog_carries_the_build_report(tgi_stand_in, tmp_path, monkeypatch):
