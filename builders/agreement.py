@@ -194,7 +194,8 @@ def decisions_from_judgments(build: Path, method: str) -> dict[str, tuple[str, d
     if counted is None:
         raise ValueError(f"--from-judgments needs an ARHN/PRHN config name (<arhn|prhn>_<relabel|filter|rf>), got {method!r}")
     out: dict[str, tuple[str, dict[str, int]]] = {}
-    for r in _read_config(build, "judgments"):
+    name = f"judgments_{prefix}" if (build / f"judgments_{prefix}").is_dir() else "judgments"  # per-method config, else older builds
+    for r in _read_config(build, name):
         if r.get("method") != prefix or not r.get("decisions"):
             continue
         decisions = r["decisions"] if isinstance(r["decisions"], list) else json.loads(r["decisions"])

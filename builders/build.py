@@ -10,21 +10,27 @@ calls made by this process).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from builders.endpoints import Backend, EndpointSpec, load_tokenizer, make_backend
-from builders.recipe import Recipe
-from builders.rlhn import Stage, prompt_version, render_messages, run_rlhn, variant_of, windows_of
+import pyarrow as pa
+
+from builders import arhn
+from builders.endpoints import Backend, EndpointSpec, load_tokenizer
+from builders.ledger import CostLedger, StagePlan, chat_token_counter, load_prices
+from builders.methods_run import MethodsRun, failures_of, judge_plan, make_judges, run_methods, stored_ledger
+from builders.recipe import Recipe, rlhn_settings
+from builders.rlhn import prompt_version, render_messages, variant_of, windows_of
 from builders.rows import QueryRow
 from builders.shard import Shard, select_records
 from builders.sources import read_sources
-from builders.streaming import ConfigSpool, ResultAccumulator, chunks
+from builders.streaming import ConfigSpool, ResultAccumulator, add_judge_runs, add_ledger, chunks
 from builders.validate import ValidationReport, validate
-from builders.writers import configs_yaml_entries
+from builders.writers import configs_yaml_entries, judgments_table, method_judgments_table
 from cards.dataset_card import DatasetCardInfo, write_dataset_card
 
 
@@ -58,10 +64,9 @@ def load_line(folder: Path, config: str = "rlhn") -> str:
 
 
 def _specs(recipe: Recipe) -> list[tuple[str, EndpointSpec]]:
-    out = [("stage1", recipe.judges.stage1)]
-    if recipe.judges.stage2 is not None:
-        out.append(("stage2", recipe.judges.stage2))
-    return out
+    """RLHN's stages and the first endpoint of each (a fleet's members serve one model)."""
+    plan = judge_plan(recipe)
+    return [(name, plan[name][0]) for name in ("stage1", "stage2") if name in plan]
 
 
 def subset_counts(rows: list[QueryRow]) -> dict[str, dict[str, int]]:
@@ -96,19 +101,38 @@ def _judge_tokenizer(spec: EndpointSpec):
 
 
 def dry_run(recipe: Recipe, progress: bool = True, out=None) -> dict:
-    """Counts, one rendered prompt and estimated prompt tokens per stage; no judge is called."""
+    """Counts, one rendered prompt, and the estimated cost per stage (``CostLedger.estimate``
+    over tokenizer counts of the real prompts); no judge is called."""
     out = out or sys.stdout
     rows, report = load_rows(recipe, progress)
-    s = recipe.rlhn
-    untouched = set(s.refine.untouched_subsets)
-    judged = [r for r in rows if r.subset not in untouched and r.negative_passages]
-    windows = [w for r in judged for w in windows_of(r, s)]
+    s = rlhn_settings(recipe)
     print(f"rows: {report.rows_read} read, {report.rows_kept} kept, {report.rows_skipped} skipped, {report.rows_repaired} repaired (policy {report.policy})", file=out)
     for kind, n in sorted(report.counts.items()):
         print(f"  {kind}: {n}", file=out)
+    untouched = set(s.refine.untouched_subsets) if s else set()
     for subset, c in subset_counts(rows).items():
         print(f"  {subset}: {c['rows']} rows, {c['positives']} positives, {c['negatives']} negatives{' (untouched)' if subset in untouched else ''}", file=out)
-    result = {"validation": report.to_dict(), "subsets": subset_counts(rows), "prompts_stage1": len(windows), "stages": {}}
+    result = {"validation": report.to_dict(), "subsets": subset_counts(rows), "stages": {}}
+    plans: list[StagePlan] = []
+    if s is not None:
+        plans += _rlhn_plans(recipe, rows, s, result, out)
+    plans += _arhn_plans(recipe, rows, result, out)
+    others = [m for m in ("clear", "percpos") if getattr(recipe, m) is not None]
+    if others:
+        print(f"not estimated: {', '.join(others)} (CLEAR's calls depend on retrieval; PercPos calls no judge)", file=out)
+    estimate = CostLedger.estimate(plans, load_prices(recipe.prices))
+    print("\n" + estimate.render(), file=out)
+    result["estimate"] = estimate.as_dict()
+    return result
+
+
+def _rlhn_plans(recipe: Recipe, rows: list[QueryRow], s, result: dict, out) -> list[StagePlan]:
+    """RLHN's prompts per stage (stage 2: the recipe's expected share of stage-1 flags); prints one."""
+    untouched = set(s.refine.untouched_subsets)
+    plans = []
+    judged = [r for r in rows if r.subset not in untouched and r.negative_passages]
+    windows = [w for r in judged for w in windows_of(r, s)]
+    result["prompts_stage1"] = len(windows)
     if windows:
         example = render_messages(windows[0], s)
         print(f"\n--- rendered prompt ({prompt_version(variant_of(windows[0].row, s))}), {len(windows[0].negatives)} negatives ---", file=out)
@@ -119,55 +143,103 @@ def dry_run(recipe: Recipe, progress: bool = True, out=None) -> dict:
     for name, spec in _specs(recipe):
         share = 1.0 if name == "stage1" else recipe.dry_run.stage2_share
         tok = tokenizer or _judge_tokenizer(spec)
-        tokens = 0
-        how = "tokenizer"
-        for w in windows:
-            text = "\n".join(m["content"] for m in render_messages(w, s))
-            n = len(tok(text).input_ids) if tok is not None else None
-            if n is None:
-                how = "≈ characters / 4 (no tokenizer named: set dry_run.tokenizer)"
-                n = len(text) // 4
-            tokens += n
-        est = int(tokens * share)
-        calls = int(len(windows) * share)
+        if tok is not None:
+            how, count = "tokenizer", chat_token_counter(tok)
+        else:
+            how = "≈ characters / 4 (no tokenizer named: set dry_run.tokenizer)"
+            count = lambda msgs: len("\n".join(m["content"] for m in msgs)) // 4  # noqa: E731
+        counts = [count(render_messages(w, s)) for w in windows]
+        plans.append(StagePlan(f"rlhn/{name}", spec.model_id, counts, share, recipe.dry_run.completion_tokens))
+        est, calls = int(sum(counts) * share), int(len(windows) * share)
         print(f"{name} [{spec.model_id}]: ~{calls} prompts, ~{est:,} prompt tokens ({how}){'' if name == 'stage1' else f', stage-2 share {share}'}", file=out)
         result["stages"][name] = {"judge": spec.model_id, "prompts": calls, "prompt_tokens": est, "counted_with": how}
-    return result
+    return plans
 
 
-def make_backends(specs: list[tuple[str, EndpointSpec]]) -> dict[str, Backend]:
-    """stage -> backend; stages with equal specs share one backend (one local model in memory)."""
-    built: list[tuple[EndpointSpec, object]] = []
-    out = {}
-    for name, spec in specs:
-        backend = next((b for s, b in built if s == spec), None)
-        if backend is None:
-            backend = make_backend(spec)
-            built.append((spec, backend))
-        out[name] = backend
-    return out
+def _arhn_plans(recipe: Recipe, rows: list[QueryRow], result: dict, out) -> list[StagePlan]:
+    """ARHN's stage-1 prompts (every editable query, as they will be sent; the ranking prompts
+    depend on its answers and are not estimated) and PRHN's ranking prompts."""
+    plan = judge_plan(recipe)
+    plans = []
+    for settings in (recipe.arhn, dataclasses.replace(recipe.prhn, rank_on="passages") if recipe.prhn else None):
+        if settings is None:
+            continue
+        plain = dataclasses.replace(settings, constrained="off")  # the constraint is no prompt token
+        cut = arhn.RetrieverCut(plain.retriever_tokenizer, plain.retriever_max_length)
+        passages = plain.rank_on == "passages"
+        stage, judge = (f"{plain.prefix}/rank", "arhn_rank") if passages else (f"{plain.prefix}/extract", "arhn_extract")
+        spec = plan[judge][0]
+        tok = load_tokenizer(recipe.dry_run.tokenizer) if recipe.dry_run.tokenizer else _judge_tokenizer(spec)
+        count = chat_token_counter(tok) if tok is not None else (lambda msgs: len("\n".join(m["content"] for m in msgs)) // 4)  # noqa: E731
+        counts = []
+        for row in rows:
+            if any(x.lower() in row.subset.lower() for x in plain.never_edit_subsets) or not row.negative_passages:
+                continue
+            docs = [cut(p.full_text) for p in row.positive_passages[:1] + row.negative_passages[: plain.max_negatives]]
+            request = (arhn.rank_request(row.query, docs, plain, None) if passages else arhn.extract_request(row.query, docs, plain, None))
+            counts.append(count(request.messages))
+        plans.append(StagePlan(stage, spec.model_id, counts, 1.0, recipe.dry_run.completion_tokens))
+        print(f"{stage} [{spec.model_id}]: ~{len(counts)} prompts, ~{sum(counts):,} prompt tokens"
+              + ("" if passages else f"; {plain.prefix}/rank not estimated (its prompts hold stage 1's snippets)"), file=out)
+        result["stages"][stage] = {"judge": spec.model_id, "prompts": len(counts), "prompt_tokens": sum(counts)}
+    return plans
 
 
 async def _judge_chunks(recipe: Recipe, rows, spool: ConfigSpool, progress: bool, backends: dict[str, Backend] | None = None):
-    """RLHN over the row stream, ``output.chunk_rows`` rows at a time (``builders.streaming``)."""
+    """Every method the recipe names over the row stream, a chunk at a time (``chunk_rows``),
+    with the judges built once: configs and judgments go to the spool, counts and ledgers are
+    summed chunk by chunk."""
     from builders.store import JudgmentStore
 
-    backends = backends or make_backends(_specs(recipe))
-    stages = [Stage(name, b) for name, b in backends.items()]
-    acc = ResultAccumulator("rlhn", [s.name for s in stages])
-    untouched = set(recipe.rlhn.refine.untouched_subsets)
+    judges = backends or make_judges(judge_plan(recipe), recipe.fleet)
+    rlhn = rlhn_settings(recipe)
+    untouched = {x.lower() for x in rlhn.refine.untouched_subsets} if rlhn is not None else set()
+    accumulators: dict[str, ResultAccumulator] = {}
+    total = MethodsRun(ledger=CostLedger(prices=load_prices(recipe.prices)))
+    stored = CostLedger(prices=load_prices(recipe.prices))
+    subsets: set[str] = set()
     try:
         with JudgmentStore(store_path(recipe)) as store:
-            for chunk in chunks(rows, recipe.output.chunk_rows):
-                result, ledgers = await run_rlhn(chunk, stages, recipe.rlhn, store, progress=progress)
-                spool.add(result.configs, result.judgments)
-                acc.add(result, ledgers, any(r.subset not in untouched and r.negative_passages for r in chunk))
-                acc.subsets.update(r.subset for r in chunk)
+            for chunk in chunks(rows, chunk_rows(recipe)):
+                run = await run_methods(recipe, chunk, store, progress=progress, judges=judges)
+                if not any("default" in r.configs for r in run.results):
+                    spool.add({"default": chunk}, [])  # always: the agreement command compares against it
+                for r in run.results:
+                    spool.add(r.configs, [])
+                    name, table = _judgments_table(r)
+                    spool.add_table(name, table)
+                    judged = r.name != "rlhn" or any(x.subset.lower() not in untouched and x.negative_passages for x in chunk)
+                    stage_order = ["stage1", "stage2"] if r.name == "rlhn" else []
+                    accumulators.setdefault(r.name, ResultAccumulator(r.name, stage_order)).add(r, judged)
+                add_ledger(stored, stored_ledger(run.results, recipe.prices))
+                add_ledger(total.ledger, run.ledger)
+                add_judge_runs(total.judge_runs, run.judge_runs)
+                total.fleets = run.fleets  # the fleets' stats are cumulative over the build
+                subsets.update(r.subset for r in chunk)
     finally:
-        for b in {id(b): b for b in backends.values()}.values():
-            await b.aclose()
-    result, ledgers = acc.finish()
-    return result, ledgers, acc.subsets
+        if backends is None:
+            for b in {id(b): b for b in judges.values()}.values():
+                await b.aclose()
+    total.results = [acc.finish() for acc in accumulators.values()]
+    return total, stored, subsets
+
+
+def chunk_rows(recipe: Recipe) -> int | None:
+    """Rows judged and written at a time. RLHN and ARHN stream in ``output.chunk_rows`` chunks
+    (flat memory). CLEAR retrieves candidates over the whole passage pool and PercPos writes
+    judgments whose columns are inferred from its rows, so a build that runs either takes the
+    source in one chunk."""
+    return None if recipe.clear is not None or recipe.percpos is not None else recipe.output.chunk_rows
+
+
+def _judgments_table(result) -> tuple[str, pa.Table]:
+    """One judgments config per method, each with its own columns: ``judgments`` (RLHN),
+    ``judgments_arhn``, ``judgments_prhn``, ``judgments_clear``, ``judgments_percpos``."""
+    if result.name == "rlhn":
+        return "judgments", judgments_table(result.judgments)
+    if result.name in ("arhn", "prhn"):
+        return f"judgments_{result.name}", method_judgments_table(result.judgments, arhn.JUDGMENT_SCHEMA)
+    return f"judgments_{result.name}", method_judgments_table(result.judgments)
 
 
 def build(recipe: Recipe, command: str, progress: bool = True, out=None, shard: Shard | None = None, backends: dict[str, Backend] | None = None) -> dict:
@@ -180,31 +252,38 @@ def build(recipe: Recipe, command: str, progress: bool = True, out=None, shard: 
     vreport = ValidationReport()
     spool = ConfigSpool(folder, scratch=store_path(recipe).parent, bge_jsonl=recipe.output.bge_jsonl)
     try:
-        result, ledgers, subsets = asyncio.run(_judge_chunks(recipe, iter_rows(recipe, vreport, progress, shard), spool, progress, backends))
+        run, stored, subsets = asyncio.run(_judge_chunks(recipe, iter_rows(recipe, vreport, progress, shard), spool, progress, backends))
         written = spool.finish(recipe.output.rows_per_shard)
     except BaseException:
         spool.discard()
         raise
     print(f"rows: {vreport.rows_kept} kept of {vreport.rows_read} ({vreport.rows_skipped} skipped, {vreport.rows_repaired} repaired)", file=out)
-    empty = [name for name in list(result.configs) + ["judgments"] if name not in written]
-    order = [c for c in ("rlhn", "default", "hn_remove", "remove") if c in written] + [c for c in written if c not in ("rlhn", "default", "hn_remove", "remove")]
+    empty = [name for name in spool.order + spool.tables if name not in written]
+    first = ("rlhn", "default", "hn_remove", "remove")
+    order = [c for c in first if c in written] + [c for c in written if c not in first]
     rows_per_config = {name: written[name] for name in order}
-    settings = {
-        "max_flagged": recipe.rlhn.refine.max_flagged,
-        "untouched_subsets": ",".join(recipe.rlhn.refine.untouched_subsets),
-        "unjudged": recipe.rlhn.refine.unjudged,
-        "negatives_per_prompt": recipe.rlhn.negatives_per_prompt,
-        "max_prompts_per_query": recipe.rlhn.max_prompts_per_query,
-        "max_passage_words": recipe.rlhn.max_passage_words,
-        "escalate_unparsed": recipe.rlhn.escalate_unparsed,
-        "temperature": recipe.rlhn.temperature,
-    }
+    method_configs = [c for r in run.results for c in r.configs if c in written]
+    main_config = "rlhn" if "rlhn" in written else (method_configs or order)[0]
+    settings = {}
+    s = rlhn_settings(recipe)
+    if s is not None:
+        settings = {
+            "max_flagged": s.refine.max_flagged,
+            "untouched_subsets": ",".join(s.refine.untouched_subsets),
+            "unjudged": s.refine.unjudged,
+            "negatives_per_prompt": s.negatives_per_prompt,
+            "max_prompts_per_query": s.max_prompts_per_query,
+            "max_passage_words": s.max_passage_words,
+            "escalate_unparsed": s.escalate_unparsed,
+            "temperature": s.temperature,
+        }
+    method_settings = {m: asdict(getattr(recipe, m)) for m in ("arhn", "prhn", "clear", "percpos") if getattr(recipe, m) is not None}
     sources = sorted({s.hub or s.path for s in recipe.sources})
     info = DatasetCardInfo(
         pretty_name=recipe.card.pretty_name or recipe.name,
         license=recipe.card.license,
-        configs=configs_yaml_entries(order, default="rlhn"),
-        results=[result],
+        configs=configs_yaml_entries(order, default=main_config),
+        results=run.results,
         command=command,
         source_datasets=[recipe.card.source_dataset] if recipe.card.source_dataset else sources,
         source_revision=recipe.card.source_revision or next((s.revision for s in recipe.sources if s.revision), None),
@@ -214,43 +293,40 @@ def build(recipe: Recipe, command: str, progress: bool = True, out=None, shard: 
         settings=settings,
         empty_configs=empty,
         language=recipe.card.language,
+        ledger=stored,
+        method_settings=method_settings,
     )
     write_dataset_card(folder, info)
-    failures = Counter()
-    for stage_ledgers in ledgers.values():
-        for ledger in stage_ledgers.values():
-            failures.update({f"failed:{k}": v for k, v in ledger["failures"].items()})
-            failures.update({f"retried:{k}": v for k, v in ledger["retries"].items()})
-            failures["unparseable"] += ledger["unparseable"]
-            failures["parse_retries"] += ledger["parse_retries"]
+    failures = failures_of(run.judge_runs)
     report = {
         "folder": str(folder),
-        "load_dataset": load_line(folder, "rlhn" if "rlhn" in written else order[0]),
+        "load_dataset": load_line(folder, main_config),
         "configs": rows_per_config,
         "empty_configs_not_written": empty,
         "validation": vreport.to_dict(),
-        "stats": {k: dict(v) for k, v in sorted(result.stats.items())},
-        "judges": [asdict(j) for j in result.judges],
-        "judge_runs": ledgers,
+        "stats": {k: dict(v) for r in run.results if r.name == "rlhn" for k, v in sorted(r.stats.items())},  # RLHN's
+        "method_stats": {r.name: {k: dict(v) for k, v in sorted(r.stats.items())} for r in run.results},
+        "judges": [asdict(j) for r in run.results for j in r.judges],
+        "judge_runs": run.judge_runs,
         "failures": dict(sorted(failures.items())),
+        "ledger": run.ledger.as_dict(),
+        "fleets": run.fleets,
         "store": str(store_path(recipe)),
         "recipe": json.loads(json.dumps(asdict(recipe), default=str)),
     }
     rp = report_path(recipe)
     rp.parent.mkdir(parents=True, exist_ok=True)
-    rp.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    text = json.dumps(report, indent=2, default=str)
+    rp.write_text(text, encoding="utf-8")
     report["report"] = str(rp)
-    for name, ledger_by_group in ledgers.items():
-        calls = sum(x["calls"] for x in ledger_by_group.values())
-        cached = sum(x["cached"] for x in ledger_by_group.values())
-        stage_failures = Counter()
-        for x in ledger_by_group.values():
-            stage_failures.update({f"failed:{k}": v for k, v in x["failures"].items()})
-            stage_failures.update({f"retried:{k}": v for k, v in x["retries"].items()})
-            stage_failures.update({"unparseable": x["unparseable"], "parse_retries": x["parse_retries"]})
-        shown = ", ".join(f"{k} {v}" for k, v in sorted(stage_failures.items()) if v) or "none"
-        print(f"{name}: {calls} judge calls made, {cached} answers from the store; failures/retries: {shown}", file=out)
+    for stage, led in run.judge_runs.items():
+        groups = list(led.values()) if "calls" not in led else [led]
+        calls, cached = sum(x["calls"] for x in groups), sum(x["cached"] for x in groups)
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(failures_of({stage: led}).items()) if v) or "none"
+        print(f"{stage}: {calls} judge calls, {cached} answers from the store; failures/retries: {shown}", file=out)
+    if run.ledger.rows:
+        print("\n" + run.ledger.render(), file=out)
     if empty:
         print(f"empty configs (no rows, not written): {', '.join(empty)}", file=out)
-    print(f"\ndataset: {folder.resolve()}\nreport:  {rp.resolve()}\nload it:\n  import datasets\n  ds = {load_line(folder.resolve(), 'rlhn' if 'rlhn' in written else order[0])}", file=out)
+    print(f"\ndataset: {folder.resolve()}\nreport:  {rp.resolve()}\nload it:\n  import datasets\n  ds = {load_line(folder.resolve(), main_config)}", file=out)
     return report

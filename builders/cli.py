@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, overrides = parse_args(argv)
     from builders.build import build, dry_run
+    from builders.methods_run import BuildError
     from builders.validate import InvalidRowError
 
     try:
@@ -77,13 +78,14 @@ def main(argv: list[str] | None = None) -> int:
             build_shard(recipe, shard, args.shard_root or default_root(recipe, shard.count), command, progress=not args.no_progress)
             return 0
         report = build(recipe, command, progress=not args.no_progress)
-    except (InvalidRowError, FileNotFoundError) as error:  # bad input: say what and where, no traceback
+    except (InvalidRowError, FileNotFoundError, BuildError) as error:  # bad input: say what and where, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.push:
         from builders.publish import push_dataset  # written by the hub helper; needed only for --push
 
-        info = push_dataset(report["folder"], args.push, version=args.version, private=args.private, token=None)
+        info = push_dataset(report["folder"], args.push, version=args.version, private=args.private, token=None,
+                            build_report=report["report"])  # source revision, judges and counts for the changelog
         print(f"pushed to https://huggingface.co/datasets/{args.push}" + (f" (tag {args.version})" if args.version else ""))
         if info is not None:
             print(info)

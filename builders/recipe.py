@@ -23,7 +23,11 @@ from pathlib import Path
 
 import yaml
 
+from builders.arhn import ArhnSettings
+from builders.clear import ClearSettings
 from builders.endpoints import EndpointSpec
+from builders.fleet import FleetConfig
+from builders.percpos import PercPosSettings
 from builders.refine import RefineSettings
 from builders.rlhn import RlhnSettings
 from builders.sources import SourceConfig
@@ -34,10 +38,16 @@ class ValidationConfig:
     policy: typing.Literal["skip", "fail", "repair"] = "skip"
 
 
+# One endpoint, or a LIST of endpoints serving the same judge (a fleet: least-loaded routing).
+JudgeSpec = EndpointSpec | list[EndpointSpec]
+
+
 @dataclass
 class JudgesConfig:
-    stage1: EndpointSpec = field(default_factory=EndpointSpec)
-    stage2: EndpointSpec | None = None  # None: stage 1's verdict is final (single-judge build)
+    stage1: JudgeSpec = field(default_factory=EndpointSpec)  # RLHN stage 1; also CLEAR's judge
+    stage2: JudgeSpec | None = None  # None: stage 1's verdict is final (single-judge build)
+    arhn_extract: JudgeSpec | None = None  # ARHN/PRHN stage 1; None: stage1's
+    arhn_rank: JudgeSpec | None = None  # ARHN/PRHN stage 2; None: arhn_extract's
 
 
 @dataclass
@@ -62,6 +72,7 @@ class CardConfig:
 class DryRunConfig:
     stage2_share: float = 0.72  # share of queries stage 1 flags (RLHN fixtures: 36 of 50)
     tokenizer: str | None = None  # a tokenizer to count prompt tokens when the judge has none
+    completion_tokens: float = 64.0  # expected completion tokens per call, for the cost estimate
 
 
 @dataclass
@@ -70,10 +81,29 @@ class Recipe:
     sources: list[SourceConfig] = field(default_factory=list)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     judges: JudgesConfig = field(default_factory=JudgesConfig)
-    rlhn: RlhnSettings = field(default_factory=RlhnSettings)
+    rlhn: RlhnSettings | None = None  # None: RLHN runs (defaults) only when no other method is named
+    arhn: ArhnSettings | None = None
+    prhn: ArhnSettings | None = None  # PRHN: ARHN's settings with rank_on=passages
+    clear: ClearSettings | None = None
+    percpos: PercPosSettings | None = None
     output: OutputConfig = field(default_factory=OutputConfig)
     card: CardConfig = field(default_factory=CardConfig)
     dry_run: DryRunConfig = field(default_factory=DryRunConfig)
+    fleet: FleetConfig | None = None  # routing settings for judges given as a list of endpoints
+    prices: dict | None = None  # {model id: {prompt: USD/1M tokens, completion: USD/1M tokens}}
+
+
+def rlhn_settings(recipe: Recipe) -> RlhnSettings | None:
+    """RLHN's settings when the build runs RLHN: named in the recipe, or no other method named."""
+    if recipe.rlhn is not None:
+        return recipe.rlhn
+    others = (recipe.arhn, recipe.prhn, recipe.clear, recipe.percpos)
+    return RlhnSettings() if all(o is None for o in others) else None
+
+
+def judge_specs(spec: JudgeSpec | None) -> list[EndpointSpec]:
+    """A judge's endpoints as a list (one spec, or a fleet's)."""
+    return [] if spec is None else list(spec) if isinstance(spec, list) else [spec]
 
 
 def _build(tp, value, where: str):
@@ -83,7 +113,13 @@ def _build(tp, value, where: str):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return _build(args[0], value, where) if len(args) == 1 else value
+        if len(args) > 1:  # EndpointSpec | list[EndpointSpec]: the value's shape picks the type
+            listed = [a for a in args if typing.get_origin(a) is list]
+            if isinstance(value, list) and listed:
+                return _build(listed[0], value, where)
+            plain = [a for a in args if dataclasses.is_dataclass(a)]
+            return _build(plain[0], value, where) if plain and isinstance(value, dict) else value
+        return _build(args[0], value, where)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ValueError(f"recipe key {where or '<root>'} must be a mapping, got {value!r}")
@@ -98,6 +134,8 @@ def _build(tp, value, where: str):
         if not isinstance(value, list):
             value = [value]
         return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
     if tp is float and isinstance(value, int):
         return float(value)
     return value
@@ -135,4 +173,4 @@ def recipe_to_dict(recipe: Recipe) -> dict:
     return dataclasses.asdict(recipe)
 
 
-__all__ = ["Recipe", "ValidationConfig", "JudgesConfig", "OutputConfig", "CardConfig", "DryRunConfig", "RefineSettings", "load_recipe", "apply_override"]
+__all__ = ["Recipe", "ValidationConfig", "JudgesConfig", "OutputConfig", "CardConfig", "DryRunConfig", "RefineSettings", "JudgeSpec", "rlhn_settings", "judge_specs", "load_recipe", "apply_override"]

@@ -8,7 +8,8 @@ keeps no more than one chunk in memory.
   shards (shard count from the final row counts, exactly as ``writers.write_shards`` cuts
   them) with the columns a one-shot write would choose (scores only when every passage has
   one, prompt when any row has one);
-- ``ResultAccumulator`` sums what each chunk's ``MethodResult`` and ledgers count.
+- ``ResultAccumulator`` sums what each chunk's ``MethodResult`` counts; ``add_judge_runs`` and
+  ``add_ledger`` sum the chunks' annotator ledgers and cost ledgers.
 
 Rows keep their source order in every config. The ``judgments`` config is ordered chunk by
 chunk (within a chunk: stage, subset, query_id, window). An exact duplicate row in a later
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -28,6 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from builders.ledger import CostLedger
 from builders.method import JudgeInfo, MethodResult
 from builders.rows import QueryRow
 from builders.writers import judgments_table, tevatron_schema, tevatron_table, write_bge_jsonl
@@ -61,6 +63,7 @@ class ConfigSpool:
         self.writers: dict[str, pq.ParquetWriter] = {}
         self.rows: Counter = Counter()
         self.order: list[str] = []  # config names in the order the method returns them
+        self.tables: list[str] = []  # table configs (judgments), written with their own schema
         self.all_scored = True
         self.any_prompt = False
         self.bge_jsonl = bge_jsonl
@@ -86,9 +89,15 @@ class ConfigSpool:
                 with open(path, "ab") as whole, open(path.with_suffix(".part"), "rb") as part:
                     shutil.copyfileobj(part, whole)
         if judgments:
-            table = judgments_table(judgments)
-            self._writer("judgments", table.schema).write_table(table)
-            self.rows["judgments"] += len(judgments)
+            self.add_table("judgments", judgments_table(judgments))
+
+    def add_table(self, name: str, table: pa.Table) -> None:
+        """Rows of a table config written as is (the judgments configs: one per method)."""
+        if name not in self.tables:
+            self.tables.append(name)
+        if table.num_rows:
+            self._writer(name, table.schema).write_table(table)
+            self.rows[name] += table.num_rows
 
     def finish(self, rows_per_shard: int | None) -> dict[str, int]:
         """Write the dataset folder's parquet shards -> rows per written config (empty configs
@@ -101,12 +110,12 @@ class ConfigSpool:
             raise ValueError("`data` is not allowed as a config name on the Hub")
         final = tevatron_schema(self.all_scored and any(self.rows[n] for n in self.order), self.any_prompt)
         written: dict[str, int] = {}
-        for name in self.order + ["judgments"]:
+        for name in self.order + self.tables:
             if not self.rows[name]:
                 continue
             # pre_buffer=False: by default pyarrow (26) caches the whole file while iterating
             source = pq.ParquetFile(self.tmp / f"{name}.parquet", pre_buffer=False)
-            schema = source.schema_arrow if name == "judgments" else final
+            schema = source.schema_arrow if name in self.tables else final
             self._write_shards(source, schema, self.folder / name, self.rows[name], rows_per_shard)
             written[name] = self.rows[name]
         for child in self.folder.iterdir():
@@ -153,18 +162,16 @@ class ConfigSpool:
 
 
 class ResultAccumulator:
-    """Sums chunk results into one ``MethodResult`` (configs hold names only: the rows are in
-    the spool) and one ledger per stage and group."""
+    """Sums one method's chunk results into one ``MethodResult`` (configs hold names only: the
+    rows are in the spool; judgments are in the spool too)."""
 
     def __init__(self, name: str, stage_order: list[str]):
         self.result = MethodResult(name=name, configs={})
         self.stage_order = stage_order
         self.judges: list[JudgeInfo] = []
         self.fallback_judges: list[JudgeInfo] = []
-        self.ledgers: dict[str, dict[str, dict]] = defaultdict(dict)
-        self.subsets: set[str] = set()
 
-    def add(self, result: MethodResult, ledgers: dict, judged_any: bool) -> None:
+    def add(self, result: MethodResult, judged_any: bool) -> None:
         for subset, counters in result.stats.items():
             self.result.stats[subset].update(counters)
         for name in result.configs:
@@ -173,15 +180,31 @@ class ResultAccumulator:
         for j in result.judges:
             if j not in chosen:
                 chosen.append(j)
-        for stage, groups in ledgers.items():
-            for group, ledger in groups.items():
-                self.ledgers[stage][group] = _add_ledgers(self.ledgers[stage].get(group), ledger)
 
-    def finish(self) -> tuple[MethodResult, dict]:
+    def finish(self) -> MethodResult:
         judges = self.judges or self.fallback_judges
         self.result.judges = sorted(judges, key=lambda j: (self.stage_order.index(j.stage.rsplit("/", 1)[-1]) if j.stage.rsplit("/", 1)[-1] in self.stage_order else 99, j.prompt_version))
-        ordered = {s: dict(sorted(self.ledgers[s].items())) for s in self.stage_order if s in self.ledgers}
-        return self.result, ordered
+        return self.result
+
+
+def add_judge_runs(into: dict, other: dict) -> None:
+    """Sum per-stage annotator ledgers chunk by chunk (``stage -> ledger``, or RLHN's
+    ``stage -> prompt group -> ledger``)."""
+    for stage, led in other.items():
+        if "calls" in led:
+            into[stage] = _add_ledgers(into.get(stage), led)
+        else:
+            groups = into.setdefault(stage, {})
+            for group, ledger in led.items():
+                groups[group] = _add_ledgers(groups.get(group), ledger)
+
+
+def add_ledger(into: CostLedger, other: CostLedger) -> None:
+    """Sum a chunk's cost ledger into the build's (wall time adds up across chunks)."""
+    for key, row in other.rows.items():
+        mine = into.row(*key)
+        mine.add(row)
+        mine.wall_s = round(mine.wall_s + row.wall_s, 3)
 
 
 def _add_ledgers(a: dict | None, b: dict) -> dict:

@@ -36,7 +36,9 @@ def tevatron_schema(with_scores: bool = False, with_prompt: bool = False) -> pa.
 
 
 def _has_scores(rows: list[QueryRow]) -> bool:
-    return bool(rows) and all(p.score is not None for r in rows for p in r.positive_passages + r.negative_passages)
+    """Scores are written when every POSITIVE has one (negatives may be null): CLEAR's
+    ``clear_threshold`` keeps per-positive confidences for the trainer's CMP loss."""
+    return bool(rows) and all(p.score is not None for r in rows for p in r.positive_passages)
 
 
 def tevatron_table(rows: list[QueryRow], with_scores: bool | None = None, with_prompt: bool | None = None) -> pa.Table:
@@ -119,11 +121,10 @@ def write_dataset_repo(
         raise ValueError("`data` is not allowed as a config name on the Hub")
     written: dict[str, list[Path]] = {}
     all_rows = [r for rows in configs.values() for r in rows]
-    with_scores = _has_scores(all_rows)
     with_prompt = any(r.prompt is not None for r in all_rows)
-    for name, rows in configs.items():
+    for name, rows in configs.items():  # scores decided per config
         if rows:
-            written[name] = write_shards(tevatron_table(rows, with_scores, with_prompt), out / name, rows_per_shard)
+            written[name] = write_shards(tevatron_table(rows, _has_scores(rows), with_prompt), out / name, rows_per_shard)
     for name, table in (tables or {}).items():
         if table.num_rows:
             written[name] = write_shards(table, out / name, rows_per_shard)
@@ -144,4 +145,15 @@ def judgments_table(rows: list[dict]) -> pa.Table:
         ("finish_reason", pa.string()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
         ("attempts", pa.int64()),
     ])
+    return pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
+
+
+def method_judgments_table(rows: list[dict], schema: pa.Schema | None = None) -> pa.Table:
+    """A method's judgments config (ARHN: ``arhn.JUDGMENT_SCHEMA``; CLEAR, PercPos: the columns
+    of their rows, every key of every row, missing values null)."""
+    if schema is None:
+        names: dict[str, None] = {}
+        for r in rows:
+            names.update(dict.fromkeys(r))
+        return pa.Table.from_pylist([{k: r.get(k) for k in names} for r in rows])
     return pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)

@@ -17,6 +17,7 @@ from pathlib import Path
 import jinja2
 import yaml
 
+from builders.ledger import CostLedger
 from builders.method import MethodResult
 
 CHANGELOG_START = "<!-- hardneg:changelog:start -->"
@@ -27,6 +28,11 @@ CITATIONS = {
   title   = {Fixing Data That Hurts Performance: Cascading LLMs to Relabel Hard Negatives for Robust Information Retrieval},
   author  = {Thakur, Nandan and Zhang, Crystina and Ma, Xueguang and Lin, Jimmy},
   journal = {arXiv preprint arXiv:2505.16967},
+  year    = {2025}
+}""",
+    "arhn": """@article{arhn2025,
+  title   = {Answer-Centric Relabeling of Hard Negatives for Dense Retrieval Training (ARHN)},
+  note    = {Stage 1: answer snippets per document; stage 2: listwise ranking against the positive's snippet},
   year    = {2025}
 }""",
     "bge": """@misc{bge_embedding,
@@ -56,6 +62,56 @@ class DatasetCardInfo:
     language: list[str] = field(default_factory=lambda: ["en"])
     citations: list[str] = field(default_factory=lambda: ["rlhn", "bge"])
     task_categories: list[str] = field(default_factory=lambda: ["text-retrieval"])
+    ledger: CostLedger | None = None  # what the judges cost (actual requests, tokens, retries, failures, wall time, USD)
+    method_settings: dict[str, dict] = field(default_factory=dict)  # method -> its settings (ARHN, CLEAR, PercPos)
+
+
+# The side-by-side comparison: per method and subset, these counters (per query where it says so).
+COMPARE = ("positives_added", "negatives_removed", "hallucinated_snippets", "parse_failures", "judge_calls",
+           "prompt_tokens", "completion_tokens")
+
+
+def _parse_failures(counters) -> float:
+    """Unparseable judge answers, whatever the method calls them (RLHN: unparsed_stage*, ARHN: parse_failures)."""
+    if "parse_failures" in counters:
+        return counters["parse_failures"]
+    return sum(v for k, v in counters.items() if k.startswith("unparsed_stage"))
+
+
+def _rlhn_changes(result: MethodResult, subset: str) -> tuple[float, float]:
+    """RLHN's positives added and negatives removed: its `rlhn` config against `default`."""
+    c = result.stats[subset]
+    return (c.get("rlhn:positives", 0) - c.get("default:positives", 0), c.get("default:negatives", 0) - c.get("rlhn:negatives", 0))
+
+
+def comparison_rows(results: list[MethodResult]) -> list[list[str]]:
+    """[method, subset, rows, positives added (per query), negatives removed (per query),
+    hallucinated snippets, parse failures, judge calls, prompt tokens, completion tokens]."""
+    out = []
+    for r in results:
+        for subset in sorted(r.stats):
+            c = r.stats[subset]
+            n = c.get("rows_in", 0)
+            added, removed = _rlhn_changes(r, subset) if r.name == "rlhn" else (c.get("positives_added", 0), c.get("negatives_removed", 0))
+            per = (lambda x: f"{_fmt(x)} ({x / n:.2f})") if n else (lambda x: _fmt(x))
+            calls = sum(v for k, v in c.items() if k.startswith("judge_calls"))
+            p_tok = sum(v for k, v in c.items() if k.startswith("prompt_tokens"))
+            c_tok = sum(v for k, v in c.items() if k.startswith("completion_tokens"))
+            out.append([r.name, subset, _fmt(n), per(added), per(removed), _fmt(c.get("hallucinated_snippets", 0)),
+                        _fmt(_parse_failures(c)), _fmt(calls), _fmt(p_tok), _fmt(c_tok)])
+    return out
+
+
+def ledger_rows(ledger: CostLedger | None) -> list[list[str]]:
+    if ledger is None or not ledger.rows:
+        return []
+    rows = []
+    for row in list(ledger.rows.values()) + [ledger.total()]:
+        usd = ledger.total_usd() if row.stage == "all" else ledger.usd(row)
+        rows.append([row.stage, f"`{row.judge}`" if row.judge != "all" else "all", row.endpoint, _fmt(row.requests),
+                     _fmt(row.answered), _fmt(row.prompt_tokens), _fmt(row.completion_tokens), _fmt(row.retries),
+                     _fmt(row.failures), _fmt(row.lost), "n/a" if usd is None else f"{usd:,.4f}"])
+    return rows
 
 
 def size_category(n: int) -> str:
@@ -136,7 +192,9 @@ def render_dataset_card(info: DatasetCardInfo) -> str:
     methods = []
     for r in info.results:
         general, g_rows, t_cols, t_rows, cost, c_rows = _stat_tables(r)
+        own = info.settings if r.name == "rlhn" or r.name not in info.method_settings else info.method_settings[r.name]
         methods.append({"name": r.name, "judges": r.judges, "configs": list(r.configs), "general": general, "g_rows": g_rows,
+                        "settings": own,
                         "t_cols": t_cols, "t_rows": t_rows, "cost": cost, "c_rows": c_rows})
     front = yaml.safe_dump(card_metadata(info), sort_keys=False, allow_unicode=True, width=1000).strip()
     default_config = info.configs[0]["config_name"] if info.configs else "default"
@@ -145,10 +203,19 @@ def render_dataset_card(info: DatasetCardInfo) -> str:
         info=info,
         methods=methods,
         default_config=default_config,
-        citations=[CITATIONS[c] for c in info.citations if c in CITATIONS],
+        citations=[CITATIONS[c] for c in _citations(info) if c in CITATIONS],
+        comparison=comparison_rows(info.results),
+        ledger_rows=ledger_rows(info.ledger),
+        unpriced=info.ledger.unpriced() if info.ledger else [],
         changelog_start=CHANGELOG_START,
         changelog_end=CHANGELOG_END,
     )
+
+
+def _citations(info: DatasetCardInfo) -> list[str]:
+    names = {r.name for r in info.results}
+    extra = ["arhn"] if names & {"arhn", "prhn"} else []
+    return [c for c in info.citations if c != "rlhn" or "rlhn" in names or not extra] + [c for c in extra if c not in info.citations]
 
 
 def write_dataset_card(folder: str | Path, info: DatasetCardInfo) -> Path:

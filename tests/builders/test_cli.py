@@ -60,7 +60,8 @@ def test_cli_builds_prints_load_line_and_pushes(tgi_stand_in, tmp_path, monkeypa
     line = re.search(r"ds = (datasets\.load_dataset\(.*\))", out).group(1)
     ds = eval(line, {"datasets": datasets})  # the exact line we print works
     assert ds.num_rows == 25 and f"dataset: {tmp_path / 'built'}" in out
-    assert calls == [("built", "org/rlhn-sample", {"version": "v1.0", "private": False, "token": None})]
+    report = str(Path(".hardneg-cache") / "replay" / "build_report.json")  # the build report, for the changelog
+    assert calls == [("built", "org/rlhn-sample", {"version": "v1.0", "private": False, "token": None, "build_report": report})]
     card = (tmp_path / "built" / "README.md").read_text()
     assert "python -m builders.cli recipe.yaml --out built --push org/rlhn-sample --version v1.0" in card
     assert yaml.safe_load(card.split("---\n")[1])["license"] == "apache-2.0"
