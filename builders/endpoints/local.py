@@ -16,6 +16,7 @@ is made: a rerun whose answers are all in the judgment store never loads them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import threading
 from pathlib import Path
@@ -46,8 +47,12 @@ def bundled_smollm2() -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=4)
 def load_model(model: str | None, gguf_file: str | None, device: str, dtype: torch.dtype):
-    """(model, tokenizer) from a Hub id / folder, a GGUF file, or the bundled default."""
+    """(model, tokenizer) from a Hub id / folder, a GGUF file, or the bundled default.
+
+    Cached per process: two judges naming the same weights (e.g. both RLHN stages on the
+    bundled SmolLM2) share one loaded copy; inference never modifies it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if model is None and gguf_file is None:
