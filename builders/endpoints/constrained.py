@@ -7,8 +7,14 @@ sampling, ``logits / temperature + Gumbel noise``: the arg-max of Gumbel-perturb
 exact sample from ``softmax(logits / temperature)``, so "first acceptable in perturbed order"
 is an exact sample from the distribution restricted to acceptable tokens (the Gumbel-max trick).
 
-Cost per step: one forward pass with the KV cache, one sort of the vocabulary, and regex
-checks until the first acceptable candidate (usually among the first few).
+Cost per step: one forward pass with the KV cache, a top-k of the scores and regex checks
+until the first acceptable candidate (usually among the first few). When none of the top-k
+fits, the rest of the vocabulary is narrowed before any sort: a token can only fit if the
+output followed by its FIRST character is still a partial match (a string that cannot be
+extended to a match cannot be extended by more characters either), so the regex is tried
+once per distinct first character, and only the tokens starting with an allowed character
+are sorted and checked, in score order (ties: lower id first). The result is the same token
+as scanning the whole vocabulary in score order.
 """
 
 from __future__ import annotations
@@ -33,6 +39,12 @@ class TokenTexts:
         self.texts = [tokenizer.decode([i]) for i in range(vocab_size)]
         special = set(tokenizer.all_special_ids)
         self.special = [i in special for i in range(vocab_size)]
+        groups: dict[str, list[int]] = {}
+        for i, token_text in enumerate(self.texts):
+            if token_text and not self.special[i]:
+                groups.setdefault(token_text[0], []).append(i)
+        # ids of the non-special, non-empty tokens, grouped by their text's first character
+        self.by_first_char = {char: torch.tensor(ids, dtype=torch.long) for char, ids in groups.items()}
 
 
 def eos_ids(model, tokenizer) -> set[int]:
@@ -77,6 +89,24 @@ def _first_acceptable(candidates: list[int], compiled, text: str, full_match: bo
     return None
 
 
+def _narrowed_order(scores: torch.Tensor, compiled, text: str, full_match: bool, vocab: TokenTexts,
+                    eos: set[int], skip: list[int]) -> list[int]:
+    """The candidates that can be acceptable, minus ``skip`` (already tried), best score first.
+
+    Exact: a token whose first character already breaks the partial match cannot fit, EOS is
+    kept only when the output is a full match, and specials / empty texts never fit."""
+    allowed = [ids for char, ids in vocab.by_first_char.items() if compiled.fullmatch(text + char, partial=True)]
+    if full_match:
+        allowed.append(torch.tensor(sorted(i for i in eos if i < len(vocab.texts)), dtype=torch.long))
+    if not allowed:
+        return []
+    ids = torch.unique(torch.cat(allowed))  # sorted ascending: ties below go to the lower id
+    if skip:
+        ids = ids[~torch.isin(ids, torch.tensor(skip, dtype=torch.long))]
+    order = torch.sort(scores[ids], descending=True, stable=True).indices
+    return ids[order].tolist()
+
+
 @torch.no_grad()
 def generate_with_regex(
     model,
@@ -114,7 +144,7 @@ def generate_with_regex(
         top = torch.topk(scores, min(first_look, scores.shape[0])).indices.tolist()
         chosen = _first_acceptable(top, compiled, text, full_match, vocab, eos)
         if chosen is None and len(top) < scores.shape[0]:
-            rest = torch.argsort(scores, descending=True).tolist()[len(top):]
+            rest = _narrowed_order(scores, compiled, text, full_match, vocab, eos, top)
             chosen = _first_acceptable(rest, compiled, text, full_match, vocab, eos)
         if chosen == _END:
             return ConstrainedOutput(text, generated, "eos_token")

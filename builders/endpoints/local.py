@@ -8,14 +8,19 @@ Decoding: ``temperature <= 0`` is greedy; otherwise seeded sampling at that temp
 TGI does), so a parse retry with a new seed can give a different answer. A regex
 ``Constraint`` uses ``builders.endpoints.constrained``; JSON schemas are not enforced locally
 (``supports_constraint`` says so) and such requests run unconstrained, marked in ``meta``.
+
+The model and tokenizer load on the first generate / score / token count, not when the backend
+is made: a rerun whose answers are all in the judgment store never loads them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import threading
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -42,8 +47,12 @@ def bundled_smollm2() -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=4)
 def load_model(model: str | None, gguf_file: str | None, device: str, dtype: torch.dtype):
-    """(model, tokenizer) from a Hub id / folder, a GGUF file, or the bundled default."""
+    """(model, tokenizer) from a Hub id / folder, a GGUF file, or the bundled default.
+
+    Cached per process: two judges naming the same weights (e.g. both RLHN stages on the
+    bundled SmolLM2) share one loaded copy; inference never modifies it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if model is None and gguf_file is None:
@@ -63,26 +72,62 @@ class LocalBackend(Backend):
     supports_constraint = frozenset({"regex"})
     concurrency = 1
 
-    def __init__(self, model, tokenizer, *, model_id: str, max_new_tokens: int | None = None):
-        self.model = model
-        self.tokenizer = tokenizer
+    def __init__(self, model=None, tokenizer=None, *, model_id: str, max_new_tokens: int | None = None,
+                 loader: Callable[[], tuple] | None = None, threads: int | None = None):
+        """``model`` + ``tokenizer``, or a ``loader`` returning them, called on first use.
+        ``threads``: torch's CPU thread count (process-wide), set at load; None leaves torch's default."""
+        if (model is None or tokenizer is None) and loader is None:
+            raise ValueError("LocalBackend needs a model and a tokenizer, or a loader that returns them")
+        self._model = model
+        self._tokenizer = tokenizer
+        self._loader = loader
+        self.threads = threads
         self.model_id = model_id
         self.max_new_tokens = max_new_tokens
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
         self._vocab: TokenTexts | None = None  # token texts for constrained decoding, built on first use
+        if model is not None and threads is not None:
+            torch.set_num_threads(threads)
 
     @classmethod
-    def from_spec(cls, spec: EndpointSpec) -> "LocalBackend":
+    def from_spec(cls, spec: EndpointSpec, threads: int | None = None) -> "LocalBackend":
         device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
         if spec.dtype is not None and spec.dtype not in DTYPES:
             raise ValueError(f"endpoint dtype {spec.dtype!r} is not one of {sorted(DTYPES)}")
         dtype = DTYPES[spec.dtype] if spec.dtype else (torch.float32 if device == "cpu" else torch.bfloat16)
-        model, tokenizer = load_model(spec.model, spec.gguf_file, device, dtype)
-        if spec.tokenizer:
-            from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer)
-        return cls(model, tokenizer, model_id=spec.model_id, max_new_tokens=spec.max_new_tokens)
+        def load() -> tuple:
+            model, tokenizer = load_model(spec.model, spec.gguf_file, device, dtype)
+            if spec.tokenizer:
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer)
+            return model, tokenizer
+
+        return cls(model_id=spec.model_id, max_new_tokens=spec.max_new_tokens, loader=load, threads=threads)
+
+    def _ensure_loaded(self) -> None:
+        with self._load_lock:
+            if self._model is not None and self._tokenizer is not None:
+                return
+            if self.threads is not None:
+                torch.set_num_threads(self.threads)
+            self._model, self._tokenizer = self._loader()
+
+    @property
+    def model(self):
+        self._ensure_loaded()
+        return self._model
+
+    @property
+    def tokenizer(self):
+        self._ensure_loaded()
+        return self._tokenizer
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
 
     # ------------------------------------------------------------------ helpers
     def render(self, messages) -> str:

@@ -29,6 +29,16 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
+def test_model_loads_on_first_use_not_when_the_backend_is_made(tmp_path):
+    folder = build_tiny_model(tmp_path / "lazy", seed=1)
+    backend = make_backend(EndpointSpec(kind="local", model=str(folder)))
+    assert not backend.loaded and backend.model_id == str(folder)  # a fully stored rerun needs nothing more
+    out = run(backend.generate(GenerateRequest(messages=MESSAGES, max_new_tokens=2, temperature=0)))
+    assert backend.loaded and out.completion_tokens >= 1
+    twin = make_backend(EndpointSpec(kind="local", model=str(folder)))  # e.g. RLHN stage 2 on the same weights
+    assert twin.model is backend.model  # one loaded copy per process
+
+
 def test_unconstrained_generation_counts_tokens(backend):
     out = run(backend.generate(GenerateRequest(messages=MESSAGES, max_new_tokens=7, temperature=0)))
     prompt = backend.render(MESSAGES)
