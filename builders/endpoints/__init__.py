@@ -53,6 +53,7 @@ class EndpointSpec:
     max_new_tokens: int | None = None  # caps every request's max_new_tokens (None: the request decides)
     device: str | None = None  # local: "cpu", "cuda", ... (None: cuda when available)
     dtype: str | None = None  # local: "float32", "bfloat16", ... (None: float32 on cpu, bfloat16 on cuda)
+    threads: int | None = None  # local: torch CPU threads (None: torch's default)
     transport: Transport = "aiohttp"  # tgi: HTTP client ("huggingface_hub": AsyncInferenceClient); openai: aiohttp only
 
     @property
@@ -143,7 +144,7 @@ def make_backend(spec: EndpointSpec) -> Backend:
     if spec.kind == "local":
         from builders.endpoints.local import LocalBackend
 
-        return LocalBackend.from_spec(spec)
+        return LocalBackend.from_spec(spec, threads=spec.threads)
     raise ValueError(f"endpoint kind {spec.kind!r} is not one of 'tgi', 'openai', 'local'")
 
 
