@@ -41,6 +41,23 @@ def last_checkpoint(output_dir: Path) -> Path | None:
     return max(ckpts, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
+def final_state_dict(accelerator, model) -> dict | None:
+    """After training: the full weights gathered from DeepSpeed (ZeRO-3 partitions them; keys
+    without the wrapper's ``model.`` prefix), or None when the model holds them itself. Leaves
+    transformers' ZeRO-3 init mode, which would make every later ``from_pretrained`` (the LoRA
+    merge, the evaluation) load partitioned, empty weights."""
+    accelerator.wait_for_everyone()
+    if accelerator.distributed_type.value != "DEEPSPEED":
+        return None
+    state_dict = accelerator.get_state_dict(model)
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    if state_dict is None:  # on ranks other than the main one
+        return None
+    return {k.removeprefix("model."): v for k, v in state_dict.items()}
+
+
 def save_checkpoint(accelerator, output_dir: Path, step: int, epoch: int, step_in_epoch: int) -> None:
     path = output_dir / "checkpoints" / f"step-{step}"
     accelerator.save_state(str(path))
@@ -163,19 +180,10 @@ def train(cfg: EmbedderConfig) -> Path:
     bar.close()
     train_seconds = time.time() - started
 
-    accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model) if accelerator.distributed_type.value == "DEEPSPEED" else None
-    if state_dict is not None:
-        # ZeRO-3 with zero3_init_flag makes every later from_pretrained load partitioned (empty) weights:
-        # the LoRA merge and the evaluation below reload models, so leave that mode first
-        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-        unset_hf_deepspeed_config()
+    state_dict = final_state_dict(accelerator, model)
     unwrapped = accelerator.unwrap_model(model)
     model_dir = output_dir / "model"
     if accelerator.is_main_process:
-        if state_dict is not None:  # ZeRO-3 gathered weights; strip the Embedder's "model." prefix
-            state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
         unwrapped.save(model_dir, merge=cfg.merge_on_save, state_dict=state_dict,
                        extra_prompts={subset: cfg.query_prefix + prompt  # the query text as trained
                                       for subset, prompt in dataset_prompts(rows, cfg.use_row_prompt).items()})

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from trainers.config_io import to_dict, write_training_config
 from trainers.data import Group, TrainGroups, load_rows
-from trainers.embedder_trainer import STATE_FILE, hardware, last_checkpoint, save_checkpoint
+from trainers.embedder_trainer import STATE_FILE, final_state_dict, hardware, last_checkpoint, save_checkpoint
 from trainers.reranker import Reranker, build_reranker, save_reranker
 from trainers.reranker_config import RerankerConfig
 from trainers.reranker_losses import reranker_loss
@@ -136,19 +136,10 @@ def train(cfg: RerankerConfig) -> Path:
     bar.close()
     train_seconds = time.time() - started
 
-    accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model) if accelerator.distributed_type.value == "DEEPSPEED" else None
-    if state_dict is not None:
-        # ZeRO-3 with zero3_init_flag makes every later from_pretrained load partitioned (empty) weights:
-        # the adapter merge and the evaluation below reload models, so leave that mode first
-        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-        unset_hf_deepspeed_config()
+    state_dict = final_state_dict(accelerator, model)
     unwrapped = accelerator.unwrap_model(model)
     model_dir = output_dir / "model"
     if accelerator.is_main_process:
-        if state_dict is not None:  # ZeRO-3 gathered weights; strip the Reranker's "model." prefix
-            state_dict = {k.removeprefix("model."): v for k, v in state_dict.items()}
         save_reranker(unwrapped, model_dir, state_dict=state_dict)
         write_training_config(cfg, model_dir)
         metrics = {}
