@@ -6,8 +6,8 @@ keeps no more than one chunk in memory.
   temporary parquet files (every column kept: scores and prompt may be null); ``finish``
   then streams them into the dataset folder's ``<config>/train-XXXXX-of-YYYYY.parquet``
   shards (shard count from the final row counts, exactly as ``writers.write_shards`` cuts
-  them) with the columns a one-shot write would choose (scores only when every passage has
-  one, prompt when any row has one);
+  them) with the columns a one-shot write would choose (per config: scores when every positive
+  has one, as ``writers.tevatron_table`` decides; prompt when any row has one);
 - ``ResultAccumulator`` sums what each chunk's ``MethodResult`` counts; ``add_judge_runs`` and
   ``add_ledger`` sum the chunks' annotator ledgers and cost ledgers.
 
@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from builders.ledger import CostLedger
 from builders.method import JudgeInfo, MethodResult
 from builders.rows import QueryRow
-from builders.writers import judgments_table, tevatron_schema, tevatron_table, write_bge_jsonl
+from builders.writers import has_scores, judgments_table, tevatron_schema, tevatron_table, write_bge_jsonl
 
 BATCH_ROWS = 1_000  # rows per parquet write while streaming a spool into the final shards
 
@@ -64,7 +64,7 @@ class ConfigSpool:
         self.rows: Counter = Counter()
         self.order: list[str] = []  # config names in the order the method returns them
         self.tables: list[str] = []  # table configs (judgments), written with their own schema
-        self.all_scored = True
+        self.scored: dict[str, bool] = {}  # config -> every positive so far has a score (writers' rule)
         self.any_prompt = False
         self.bge_jsonl = bge_jsonl
 
@@ -79,7 +79,7 @@ class ConfigSpool:
                 self.order.append(name)
             if not rows:
                 continue
-            self.all_scored &= all(p.score is not None for r in rows for p in r.positive_passages + r.negative_passages)
+            self.scored[name] = self.scored.get(name, True) and has_scores(rows)
             self.any_prompt |= any(r.prompt is not None for r in rows)
             self._writer(name, self.FULL).write_table(tevatron_table(rows, with_scores=True, with_prompt=True))
             self.rows[name] += len(rows)
@@ -108,14 +108,13 @@ class ConfigSpool:
         self.folder.mkdir(parents=True, exist_ok=True)
         if "data" in self.rows:
             raise ValueError("`data` is not allowed as a config name on the Hub")
-        final = tevatron_schema(self.all_scored and any(self.rows[n] for n in self.order), self.any_prompt)
         written: dict[str, int] = {}
         for name in self.order + self.tables:
             if not self.rows[name]:
                 continue
             # pre_buffer=False: by default pyarrow (26) caches the whole file while iterating
             source = pq.ParquetFile(self.tmp / f"{name}.parquet", pre_buffer=False)
-            schema = source.schema_arrow if name in self.tables else final
+            schema = source.schema_arrow if name in self.tables else tevatron_schema(self.scored.get(name, False), self.any_prompt)
             self._write_shards(source, schema, self.folder / name, self.rows[name], rows_per_shard)
             written[name] = self.rows[name]
         for child in self.folder.iterdir():

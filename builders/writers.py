@@ -35,14 +35,14 @@ def tevatron_schema(with_scores: bool = False, with_prompt: bool = False) -> pa.
     return pa.schema(fields)
 
 
-def _has_scores(rows: list[QueryRow]) -> bool:
+def has_scores(rows: list[QueryRow]) -> bool:
     """Scores are written when every POSITIVE has one (negatives may be null): CLEAR's
     ``clear_threshold`` keeps per-positive confidences for the trainer's CMP loss."""
     return bool(rows) and all(p.score is not None for r in rows for p in r.positive_passages)
 
 
 def tevatron_table(rows: list[QueryRow], with_scores: bool | None = None, with_prompt: bool | None = None) -> pa.Table:
-    with_scores = _has_scores(rows) if with_scores is None else with_scores
+    with_scores = has_scores(rows) if with_scores is None else with_scores
     with_prompt = any(r.prompt is not None for r in rows) if with_prompt is None else with_prompt
     dicts = []
     for r in rows:
@@ -124,7 +124,7 @@ def write_dataset_repo(
     with_prompt = any(r.prompt is not None for r in all_rows)
     for name, rows in configs.items():  # scores decided per config
         if rows:
-            written[name] = write_shards(tevatron_table(rows, _has_scores(rows), with_prompt), out / name, rows_per_shard)
+            written[name] = write_shards(tevatron_table(rows, has_scores(rows), with_prompt), out / name, rows_per_shard)
     for name, table in (tables or {}).items():
         if table.num_rows:
             written[name] = write_shards(table, out / name, rows_per_shard)

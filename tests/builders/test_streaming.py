@@ -66,3 +66,19 @@ def test_chunked_build_equals_the_build_in_one_chunk(tgi_stand_in, tmp_path, mon
     key = [(k, "ascending") for k in ("stage", "query_id", "window_start")]
     a, b = (pq.read_table(tmp_path / name / "judgments") for name in ("whole", "chunked"))
     assert a.num_rows == 42 and a.sort_by(key).equals(b.sort_by(key))
+
+
+def test_scores_are_decided_per_config_by_the_positives(tmp_path):
+    """CLEAR's clear_threshold keeps per-positive confidences (negatives unscored) while other
+    configs of the same build have no scores: each config gets the writers' rule."""
+
+    scored = QueryRow.from_query("q", [Passage.from_text("p", score=0.8)], [Passage.from_text("n")], "s")
+    plain = QueryRow.from_query("q", [Passage.from_text("p")], [Passage.from_text("n")], "s")
+    spool = ConfigSpool(tmp_path / "out", scratch=tmp_path / "scratch")
+    spool.add({"default": [plain], "clear_threshold": [scored]}, [])
+    spool.finish(None)
+    threshold = pq.read_table(next((tmp_path / "out" / "clear_threshold").glob("*.parquet")))
+    default = pq.read_table(next((tmp_path / "out" / "default").glob("*.parquet")))
+    assert threshold.column("positive_scores").to_pylist() == [[0.8]]
+    assert threshold.column("negative_scores").to_pylist() == [[None]]
+    assert "positive_scores" not in default.column_names
