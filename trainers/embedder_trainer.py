@@ -58,6 +58,17 @@ def final_state_dict(accelerator, model) -> dict | None:
     return {k.removeprefix("model."): v for k, v in state_dict.items()}
 
 
+def log_and_checkpoint(accelerator, cfg, log_path: Path, output_dir: Path, step: int, epoch: int,
+                       step_in_epoch: int, total_steps: int, values: dict) -> None:
+    """After an optimizer step: a JSON log line every ``logging_steps`` (and at the last step),
+    a checkpoint every ``save_steps`` (not at the last step: the model is saved then)."""
+    if accelerator.is_main_process and (step % max(cfg.logging_steps, 1) == 0 or step == total_steps):
+        with log_path.open("a") as log:
+            log.write(json.dumps({"step": step, "epoch": epoch, **values}) + "\n")
+    if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < total_steps:
+        save_checkpoint(accelerator, output_dir, step, epoch, step_in_epoch)
+
+
 def save_checkpoint(accelerator, output_dir: Path, step: int, epoch: int, step_in_epoch: int) -> None:
     path = output_dir / "checkpoints" / f"step-{step}"
     accelerator.save_state(str(path))
@@ -164,13 +175,9 @@ def train(cfg: EmbedderConfig) -> Path:
             last_loss = loss.item()
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.4f}", epoch=epoch)
-            if accelerator.is_main_process and (step % max(cfg.logging_steps, 1) == 0 or step == total_steps):
-                with log_path.open("a") as log:
-                    log.write(json.dumps({"step": step, "epoch": epoch, "loss": last_loss,
-                                          "lr": scheduler.get_last_lr()[0],
-                                          "seconds": round(time.time() - loop_started, 4)}) + "\n")
-            if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < total_steps:
-                save_checkpoint(accelerator, output_dir, step, epoch, step_in_epoch)
+            log_and_checkpoint(accelerator, cfg, log_path, output_dir, step, epoch, step_in_epoch, total_steps,
+                               {"loss": last_loss, "lr": scheduler.get_last_lr()[0],
+                                "seconds": round(time.time() - loop_started, 4)})
             if step >= total_steps:
                 break
         else:

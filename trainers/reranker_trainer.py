@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from trainers.config_io import to_dict, write_training_config
 from trainers.data import Group, TrainGroups, load_rows
-from trainers.embedder_trainer import STATE_FILE, final_state_dict, hardware, last_checkpoint, save_checkpoint
+from trainers.embedder_trainer import STATE_FILE, final_state_dict, hardware, last_checkpoint, log_and_checkpoint
 from trainers.reranker import Reranker, build_reranker, save_reranker
 from trainers.reranker_config import RerankerConfig
 from trainers.reranker_losses import reranker_loss
@@ -121,12 +121,8 @@ def train(cfg: RerankerConfig) -> Path:
             last_loss = loss.item()
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.4f}", epoch=epoch)
-            if accelerator.is_main_process and (step % max(cfg.logging_steps, 1) == 0 or step == total_steps):
-                with log_path.open("a") as log:
-                    log.write(json.dumps({"step": step, "epoch": epoch, "loss": last_loss,
-                                          "lr": scheduler.get_last_lr()[0]}) + "\n")
-            if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < total_steps:
-                save_checkpoint(accelerator, output_dir, step, epoch, step_in_epoch)
+            log_and_checkpoint(accelerator, cfg, log_path, output_dir, step, epoch, step_in_epoch, total_steps,
+                               {"loss": last_loss, "lr": scheduler.get_last_lr()[0]})
             if step >= total_steps:
                 break
         else:
