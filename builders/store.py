@@ -286,11 +286,16 @@ class GroupWriter:
             self._thread = None
 
     async def put(self, judgment: Judgment) -> None:
+        await self.submit(judgment)
+
+    def submit(self, judgment: Judgment) -> asyncio.Future:
+        """Queue ``judgment``; the future resolves once its transaction has committed (or holds
+        the error). For callers that go on working while the row is written."""
         if self._thread is None:
             raise RuntimeError("GroupWriter.put before start(): use `async with store.group_writer() as writer`")
         done = asyncio.get_running_loop().create_future()
         self._queue.put((judgment, done))
-        await done
+        return done
 
     def _run(self) -> None:
         conn = _connect_writer(self.path, self.synchronous)
@@ -323,20 +328,26 @@ class GroupWriter:
             self.rows += len(batch)
         except Exception as caught:  # noqa: BLE001 - handed to every waiter of the batch
             error = caught
-        for _, done in batch:
-            _resolve(done, error)
+        _resolve([done for _, done in batch], error)
 
 
-def _resolve(done: asyncio.Future, error: BaseException | None) -> None:
-    def settle() -> None:
-        if done.cancelled():
-            return
-        if error is None:
-            done.set_result(None)
-        else:
-            done.set_exception(error)
+def _resolve(waiters: list[asyncio.Future], error: BaseException | None) -> None:
+    """Settle a batch's futures with one wake-up of each event loop they belong to."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
+    for done in waiters:
+        by_loop.setdefault(done.get_loop(), []).append(done)
 
-    try:
-        done.get_loop().call_soon_threadsafe(settle)
-    except RuntimeError:  # the waiter's loop has closed: nobody is waiting any more
-        pass
+    def settle(futures: list[asyncio.Future]) -> None:
+        for done in futures:
+            if done.cancelled():
+                continue
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+    for loop, futures in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(settle, futures)
+        except RuntimeError:  # that loop has closed: nobody is waiting any more
+            pass

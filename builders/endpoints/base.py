@@ -88,6 +88,10 @@ class Backend(abc.ABC):
     async def score(self, request: ScoreRequest) -> list[TokenScore]:
         raise EndpointError("validation", f"{type(self).__name__} cannot score given continuations", retryable=False)
 
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Get ready before the first call (a fleet reads its endpoints' ``/info`` here); the
+        annotator runs it while it prepares its requests."""
+
     def count_tokens(self, text: str) -> int | None:
         """Prompt-size estimate for ``--dry-run``; None when the backend has no tokenizer."""
         return None
