@@ -153,13 +153,14 @@ async def run_builder(scenario: Scenario, urls: list[str], n: int, simulator, ki
         started, cpu, mark = time.monotonic(), time.process_time(), {}
         killer = asyncio.ensure_future(kill_later(simulator, kill_delay, started, mark)) if kill_delay else None
         result = await annotator.run(items)
+        mark["client_started"] = started
         wall = time.monotonic() - started
         cpu_ms = (time.process_time() - cpu) * 1000 / n
         if killer is not None:
             await killer
         await fleet.aclose()
     answered = sum(outcome.status == "ok" for outcome in result.outcomes.values())
-    extra = {"calls": result.ledger.calls, "retries": dict(result.ledger.retries),
+    extra = {"client_started": started, "calls": result.ledger.calls, "retries": dict(result.ledger.retries),
              "endpoints": [{"name": s.name, "limit": round(s.limit, 1), "info_limit": s.info_limit,
                             "succeeded": s.succeeded, "overloaded": s.overloaded, "failed": s.failed,
                             "moved": s.moved, "deaths": s.deaths, "max_in_flight": s.max_in_flight}
@@ -240,7 +241,8 @@ def run_one(scenario: Scenario, client: str, n: int, args) -> Result:
             result = run_sequential(scenario, simulator.urls, n, simulator, kill_delay, args)
         servers = simulator.stats()
         result.extra["servers"] = [{"served": s.served, "429": s.overloaded, "503": s.injected, "dropped": s.dropped,
-                                    "max_in_flight": s.max_in_flight} for s in servers]
+                                    "max_in_flight": s.max_in_flight, "first_at": s.first_at, "last_at": s.last_at,
+                                    "occupancy": [round(x, 4) for x in s.occupancy]} for s in servers]
         firsts = [s.first_at for s in servers if s.first_at is not None]
         lasts = [s.last_at for s in servers if s.last_at is not None]
         if firsts and lasts:  # monotonic clocks are shared by the processes of one machine

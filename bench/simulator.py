@@ -83,6 +83,27 @@ class SimulatorStats:
     busy_s: float = 0.0  # slot-seconds spent serving
     first_at: float | None = None
     last_at: float | None = None
+    # busy slot-seconds in each OCCUPANCY_BIN_S-long bin since the first request (where slots idle)
+    occupancy: list = field(default_factory=list)
+    occupancy_mark: float | None = None  # time of the last in-flight change
+
+
+OCCUPANCY_BIN_S = 0.1
+
+
+def _account_occupancy(stats: SimulatorStats, now: float) -> None:
+    """Add ``in_flight`` x the time since the last change to the occupancy bins."""
+    mark = stats.occupancy_mark
+    stats.occupancy_mark = now
+    if mark is None or stats.first_at is None:
+        return
+    index = max(0, int((mark - stats.first_at) / OCCUPANCY_BIN_S))
+    while mark < now:
+        end = min(now, stats.first_at + (index + 1) * OCCUPANCY_BIN_S)
+        while len(stats.occupancy) <= index:
+            stats.occupancy.append(0.0)
+        stats.occupancy[index] += stats.in_flight * max(0.0, end - mark)
+        mark, index = max(mark, end), index + 1
 
 
 class _Endpoint:
@@ -245,6 +266,7 @@ class _Endpoint:
                 if waiter in self.waiting:
                     self.waiting.remove(waiter)
         else:
+            _account_occupancy(stats, time.monotonic())
             stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         queue_s = time.monotonic() - queued_at
@@ -270,6 +292,7 @@ class _Endpoint:
             if not waiter.done():
                 waiter.set_result(None)  # the slot passes to the waiter; in_flight stays
                 return
+        _account_occupancy(self.stats, time.monotonic())
         self.stats.in_flight -= 1
 
 
