@@ -29,7 +29,7 @@ def logprob(text, position):
 
 
 def run(backend, store, items, **kw):
-    return asyncio.run(score_all(backend, store, items, stage="test/score", prompt_version="v1", retry=FAST, **kw))
+    return asyncio.run(score_all(backend, store, items, stage="test/score", prompt_version="v1", retry=FAST, **kw)).outcomes
 
 
 EXPECTED = 1 - math.sqrt(((1 - 0.25) ** 2 + (1 - 0.5) ** 2) / 2)  # 0.362541
