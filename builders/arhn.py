@@ -37,7 +37,7 @@ from typing import Callable, Literal
 
 import pyarrow as pa
 
-from builders.annotate import Annotator, Outcome, RetryPolicy
+from builders.annotate import Annotator, Ledger, Outcome, RetryPolicy
 from builders.endpoints.base import Backend, Constraint, GenerateRequest
 from builders.method import JudgeInfo, MethodResult
 from builders.ranking import Ranking, parse_ranking, ranking_regex
@@ -236,19 +236,20 @@ def _never_edit(row: QueryRow, s: ArhnSettings) -> bool:
 
 def run(rows: list[QueryRow], settings: ArhnSettings, *, backend: Backend, store: JudgmentStore,
         rank_backend: Backend | None = None, cut: RetrieverCut | None = None,
-        retry: RetryPolicy | None = None, concurrency: int | None = None) -> MethodResult:
+        retry: RetryPolicy | None = None, concurrency: int | None = None, progress: bool = True) -> MethodResult:
     """ARHN (or PRHN with ``rank_on="passages"``) over ``rows``. ``backend`` extracts,
     ``rank_backend`` (default: the same) ranks; every call goes through the Annotator and
     ``store``, so a rerun pays no call twice. Both stages run in ONE event loop (HTTP backends
     keep their connection pool bound to the loop they first ran in): callers inside a running
-    loop await ``arun``."""
+    loop await ``arun``. ``result.ledgers`` has each stage's run ledger (``arhn/extract``,
+    ``<prefix>/rank``); ``progress``: the annotators' tqdm bars."""
     return asyncio.run(arun(rows, settings, backend=backend, store=store, rank_backend=rank_backend, cut=cut,
-                            retry=retry, concurrency=concurrency))
+                            retry=retry, concurrency=concurrency, progress=progress))
 
 
 async def arun(rows: list[QueryRow], settings: ArhnSettings, *, backend: Backend, store: JudgmentStore,
                rank_backend: Backend | None = None, cut: RetrieverCut | None = None,
-               retry: RetryPolicy | None = None, concurrency: int | None = None) -> MethodResult:
+               retry: RetryPolicy | None = None, concurrency: int | None = None, progress: bool = True) -> MethodResult:
     s = settings
     rank_backend = rank_backend or backend
     cut = cut or RetrieverCut(s.retriever_tokenizer, s.retriever_max_length)
@@ -265,10 +266,10 @@ async def arun(rows: list[QueryRow], settings: ArhnSettings, *, backend: Backend
 
     if s.rank_on == "snippets":
         result.judges.append(JudgeInfo("arhn/extract", backend.model_id, EXTRACT_VERSION, _kind(backend)))
-        await _extract(queries, s, backend, store, result, retry, concurrency)
+        await _extract(queries, s, backend, store, result, retry, concurrency, progress)
     rank_version = PRHN_RANK_VERSION if s.rank_on == "passages" else RANK_VERSION
     result.judges.append(JudgeInfo(f"{s.prefix}/rank", rank_backend.model_id, rank_version, _kind(rank_backend)))
-    await _rank(queries, s, rank_backend, store, result, retry, concurrency)
+    await _rank(queries, s, rank_backend, store, result, retry, concurrency, progress)
 
     decisions = {id(q.row): q.decisions or {} for q in queries}
     for variant in ("relabel", "filter", "rf"):
@@ -293,19 +294,22 @@ async def arun(rows: list[QueryRow], settings: ArhnSettings, *, backend: Backend
 
 async def _ask(backend: Backend, store: JudgmentStore, stage: str, version: str,
          items: dict[str, tuple[GenerateRequest, int]], check_for: Callable[[int], Callable[[str], bool]],
-         retry: RetryPolicy | None, concurrency: int | None) -> dict[str, Outcome]:
+         retry: RetryPolicy | None, concurrency: int | None, progress: bool) -> tuple[dict[str, Outcome], Ledger]:
     """Ask through the shared Annotator (store, retries, parse retries, resume). The parse check
     depends on how many entries an answer must cover, so items run in groups of equal size
-    (same stage and prompt version, unique keys: one store)."""
+    (same stage and prompt version, unique keys: one store); the stage's ledger sums the groups'."""
     groups: dict[int, list[tuple[str, GenerateRequest]]] = {}
     for key, (request, n) in items.items():
         groups.setdefault(n, []).append((key, request))
     outcomes: dict[str, Outcome] = {}
+    ledger = Ledger()
     for n, group in sorted(groups.items()):
         annotator = Annotator(backend, store, stage=stage, prompt_version=version, concurrency=concurrency,
-                              retry=retry, check=check_for(n))
-        outcomes.update((await annotator.run(group)).outcomes)
-    return outcomes
+                              retry=retry, check=check_for(n), progress=progress)
+        answered = await annotator.run(group)
+        outcomes.update(answered.outcomes)
+        ledger.add(answered.ledger)
+    return outcomes, ledger
 
 
 def _listed(ranking: Ranking | None, passages: bool) -> list[int] | None:
@@ -321,8 +325,9 @@ def _kind(backend: Backend) -> str:
 
 
 def _account(result: MethodResult, subset: str, outcome: Outcome, accounted: set[str]) -> None:
-    """Judge calls and tokens as the store recorded them (also for answers read back on resume);
-    an answer shared by repeated rows is counted once."""
+    """Judge calls and tokens as the store recorded them (also for answers read back on resume,
+    so a resumed run's stats equal an uninterrupted one's; what this run paid is in
+    ``result.ledgers``); an answer shared by repeated rows is counted once."""
     if outcome.key in accounted:
         result.count(subset, "answers_shared_with_a_repeated_row")
         return
@@ -331,18 +336,16 @@ def _account(result: MethodResult, subset: str, outcome: Outcome, accounted: set
     result.count(subset, "judge_calls", j.attempts)
     result.count(subset, "prompt_tokens", j.prompt_tokens or 0)
     result.count(subset, "completion_tokens", j.completion_tokens or 0)
-    if outcome.cached:
-        result.count(subset, "answers_from_store")
 
 
 async def _extract(queries: list[_Query], s: ArhnSettings, backend: Backend, store: JudgmentStore, result: MethodResult,
-             retry: RetryPolicy | None, concurrency: int | None) -> None:
+             retry: RetryPolicy | None, concurrency: int | None, progress: bool) -> None:
     items = {}
     for q in queries:
         docs = [q.cut_positive] + q.cut_negatives
         items[q.key] = (extract_request(q.row.query, docs, s, backend), len(docs))
-    outcomes = await _ask(backend, store, "arhn/extract", EXTRACT_VERSION, items,
-                    lambda n: (lambda text: parse_blocks(text, n).ok), retry, concurrency)
+    outcomes, result.ledgers["arhn/extract"] = await _ask(backend, store, "arhn/extract", EXTRACT_VERSION, items,
+                    lambda n: (lambda text: parse_blocks(text, n).ok), retry, concurrency, progress)
     accounted: set[str] = set()
     for q in queries:
         outcome, subset = outcomes[q.key], q.row.subset
@@ -371,7 +374,7 @@ async def _extract(queries: list[_Query], s: ArhnSettings, backend: Backend, sto
 
 
 async def _rank(queries: list[_Query], s: ArhnSettings, backend: Backend, store: JudgmentStore, result: MethodResult,
-          retry: RetryPolicy | None, concurrency: int | None) -> None:
+          retry: RetryPolicy | None, concurrency: int | None, progress: bool) -> None:
     passages = s.rank_on == "passages"
     stage, version = f"{s.prefix}/rank", PRHN_RANK_VERSION if passages else RANK_VERSION
     plans: list[tuple[_Query, list[bool], list[str]]] = []
@@ -406,7 +409,7 @@ async def _rank(queries: list[_Query], s: ArhnSettings, backend: Backend, store:
         return check
 
     items = {q.key: (rank_request(q.row.query, entries, s, backend), len(entries)) for q, _, entries in plans}
-    outcomes = await _ask(backend, store, stage, version, items, usable, retry, concurrency) if items else {}
+    outcomes, result.ledgers[stage] = await _ask(backend, store, stage, version, items, usable, retry, concurrency, progress)
     accounted: set[str] = set()
     for q, has, entries in plans:
         outcome, subset = outcomes[q.key], q.row.subset
