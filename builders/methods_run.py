@@ -5,9 +5,12 @@ Judges: each recipe judge (``judges.stage1``, ``stage2``, ``arhn_extract``, ``ar
 endpoint or a list of endpoints; a list becomes one ``Fleet`` (least-loaded routing). Judges
 with equal specs share one backend (one local model in memory, one fleet).
 
-The cost ledger: for every method step, the fleets' per-endpoint stats are snapshotted before
-and after, and ``CostLedger.add_annotation`` turns the deltas into one row per endpoint (plus
-the annotator's row); a single endpoint is one row per stage. When one fleet serves several
+The cost ledger: every judge stage hands back the run ledger of what it asked in THIS run
+(``builders.annotate.Ledger``: calls made, answers read from the store, tokens; RLHN by prompt
+group, ARHN/PRHN and CLEAR in ``MethodResult.ledgers``), so a resumed run counts only the calls
+it made. For every method step, the fleets' per-endpoint stats are snapshotted before and
+after, and ``CostLedger.add_annotation`` turns the deltas into one row per endpoint (plus the
+annotator's row); a single endpoint is one row per stage. When one fleet serves several
 stages of one step (ARHN's extract and rank on the same judge), its rows carry the joined
 stage name (``arhn/extract+arhn/rank``): the fleet cannot tell the stages apart.
 """
@@ -15,7 +18,6 @@ stage name (``arhn/extract+arhn/rank``): the fleet cannot tell the stages apart.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -90,8 +92,9 @@ def ledger_of(groups: list[dict]) -> Ledger:
 
 
 def ledger_from_judgments(rows: list[dict], wall_s: float) -> Ledger:
-    """A stage's ledger read back from its judgment rows (ARHN, CLEAR): calls = attempts recorded
-    in the store, tokens as the responses reported them, failed = questions left unanswered."""
+    """A stage's ledger read back from its judgment rows: calls = attempts recorded in the store
+    (whichever run paid them), tokens as the responses reported them, failed = questions left
+    unanswered. The card's ledger (``stored_ledger``), not the run's."""
     led = Ledger(items=len(rows), wall_s=wall_s)
     for r in rows:
         led.calls += r.get("attempts") or 0
@@ -144,35 +147,25 @@ async def run_methods(recipe: Recipe, rows: list[QueryRow], store, progress: boo
         for settings in (recipe.arhn, dataclasses.replace(recipe.prhn, rank_on="passages") if recipe.prhn else None):
             if settings is None:
                 continue
-            before, started = _snapshot(unique), time.perf_counter()
-            result = await arhn.arun(rows, settings, backend=judges["arhn_extract"], rank_backend=judges["arhn_rank"], store=store)
-            wall = time.perf_counter() - started
+            before = _snapshot(unique)
+            result = await arhn.arun(rows, settings, backend=judges["arhn_extract"], rank_backend=judges["arhn_rank"],
+                                     store=store, progress=progress)
             out.results.append(result)
-            steps = {}
-            for stage, judge in ((f"{settings.prefix}/extract", "arhn_extract"), (f"{settings.prefix}/rank", "arhn_rank")):
-                done = [j for j in result.judgments if j["stage"] == stage]
-                if done or stage.endswith("/rank"):
-                    steps[stage] = (judges[judge], ledger_from_judgments(done, wall))
-            _account(out.ledger, steps, before)
-            out.judge_runs.update({k: v[1].as_dict() for k, v in steps.items()})
+            judge_of = {"arhn/extract": judges["arhn_extract"], f"{settings.prefix}/rank": judges["arhn_rank"]}
+            _account(out.ledger, {stage: (judge_of[stage], led) for stage, led in result.ledgers.items()}, before)
+            out.judge_runs.update({stage: led.as_dict() for stage, led in result.ledgers.items()})
         if recipe.clear is not None:
-            before, started = _snapshot(unique), time.perf_counter()
+            before = _snapshot(unique)
             try:
-                result = await clear.run_async(rows, recipe.clear, backend=judges["stage1"], store=store)
+                result = await clear.run_async(rows, recipe.clear, backend=judges["stage1"], store=store, progress=progress)
             except clear.ClearError as error:
                 raise BuildError(f"CLEAR cannot score with judges.stage1 ({judges['stage1'].model_id}): {error}\n"
                                  "A TGI judge must be started with --enable-prefill-logprobs (its /generate then returns "
                                  "prompt log-probabilities); an OpenAI-compatible judge must return prompt logprobs "
                                  "(vLLM /v1/completions with echo); or use {kind: local}.") from error
-            wall = time.perf_counter() - started
             out.results.append(result)
-            steps = {}
-            for stage in ("clear/answer", "clear/score"):
-                done = [j for j in result.judgments if j.get("stage") == stage]
-                if done:
-                    steps[stage] = (judges["stage1"], ledger_from_judgments(done, wall))
-            _account(out.ledger, steps, before)
-            out.judge_runs.update({k: v[1].as_dict() for k, v in steps.items()})
+            _account(out.ledger, {stage: (judges["stage1"], led) for stage, led in result.ledgers.items()}, before)
+            out.judge_runs.update({stage: led.as_dict() for stage, led in result.ledgers.items()})
         if recipe.percpos is not None:
             out.results.append(percpos.run(rows, recipe.percpos))
         for name, backend in judges.items():

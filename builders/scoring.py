@@ -2,9 +2,14 @@
 guarantees ``builders.annotate.Annotator`` gives generations: a durable store, no call paid
 twice, bounded retries with backoff, a concurrency cap, a progress bar.
 
-    outcomes = await score_all(backend, store, {key: ScoreRequest(...)}, stage="clear/score",
-                               prompt_version="clear-score-v1", concurrency=8, retry=RetryPolicy())
-    outcomes[key].tokens  # list[TokenScore], or None when the call failed (outcomes[key].judgment says why)
+    scored = await score_all(backend, store, {key: ScoreRequest(...)}, stage="clear/score",
+                             prompt_version="clear-score-v1", concurrency=8, retry=RetryPolicy())
+    scored.outcomes[key].tokens  # list[TokenScore], or None when the call failed (.judgment says why)
+    scored.ledger  # builders.annotate.Ledger: calls made in this run, answers read from the store, wall time
+
+The ledger counts like the Annotator's: ``calls`` is every backend attempt (retries included),
+``cached`` the keys answered from the store; a score call reports no token counts, so its
+tokens stay 0.
 
 The stored ``text`` of a scored key is the token list as JSON ``[[text, logprob, start, end], ...]``.
 
@@ -20,11 +25,12 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from builders.annotate import RetryPolicy
+from builders.annotate import Ledger, RetryPolicy
 from builders.endpoints.base import Backend, EndpointError, ScoreRequest, TokenScore
 from builders.store import Judgment, JudgmentStore, request_sha
 
@@ -41,6 +47,12 @@ class ScoreOutcome:
     paid: bool  # False: read from the store, no call made in this run
 
 
+@dataclass
+class ScoreResult:
+    outcomes: dict[str, ScoreOutcome]  # in the order of the items
+    ledger: Ledger
+
+
 def tokens_to_json(tokens: list[TokenScore]) -> str:
     return json.dumps([[t.text, t.logprob, t.start, t.end] for t in tokens])
 
@@ -49,9 +61,10 @@ def tokens_from_json(text: str) -> list[TokenScore]:
     return [TokenScore(t, float(lp), int(a), int(b)) for t, lp, a, b in json.loads(text)]
 
 
-async def _score_one(backend: Backend, request: ScoreRequest, retry: RetryPolicy, rng: random.Random
+async def _score_one(backend: Backend, request: ScoreRequest, retry: RetryPolicy, rng: random.Random, ledger: Ledger
                      ) -> tuple[list[TokenScore] | EndpointError, int]:
     for attempt in range(1, retry.max_attempts + 1):
+        ledger.calls += 1
         try:
             if retry.attempt_timeout_s is not None:
                 return await asyncio.wait_for(backend.score(request), retry.attempt_timeout_s), attempt
@@ -64,23 +77,27 @@ async def _score_one(backend: Backend, request: ScoreRequest, retry: RetryPolicy
             raise CannotScore(f"judge {backend.model_id} cannot score given answers: {error.message}") from error
         if not error.retryable or attempt == retry.max_attempts:
             return error, attempt
+        ledger.retries[error.kind] += 1
         await asyncio.sleep(retry.backoff_s(attempt, rng))
     raise AssertionError("unreachable")
 
 
 async def score_all(backend: Backend, store: JudgmentStore, items: dict[str, ScoreRequest], *, stage: str,
                     prompt_version: str, concurrency: int | None = None, retry: RetryPolicy | None = None,
-                    seed: int | None = 0) -> dict[str, ScoreOutcome]:
+                    seed: int | None = 0, progress: bool = True) -> ScoreResult:
     """Score every item; answers already final in the store (same request) are not asked again."""
+    started = time.monotonic()
     retry = retry or RetryPolicy()
     rng = random.Random(seed)
     model = backend.model_id
+    ledger = Ledger(items=len(items))
     out: dict[str, ScoreOutcome] = {}
     todo = []
     for key, request in items.items():
         stored = store.get(stage, model, prompt_version, key)
         if stored is not None and stored.is_final and stored.request_sha == request_sha(request):
             out[key] = ScoreOutcome(key, tokens_from_json(stored.text) if stored.status == "ok" else None, stored, paid=False)
+            ledger.cached += 1
         else:
             todo.append(key)
     semaphore = asyncio.Semaphore(concurrency or backend.concurrency)
@@ -91,7 +108,7 @@ async def score_all(backend: Backend, store: JudgmentStore, items: dict[str, Sco
             if stopped.is_set():
                 return
             try:
-                answer, attempts = await _score_one(backend, items[key], retry, rng)
+                answer, attempts = await _score_one(backend, items[key], retry, rng, ledger)
             except CannotScore:
                 stopped.set()
                 raise
@@ -106,12 +123,22 @@ async def score_all(backend: Backend, store: JudgmentStore, items: dict[str, Sco
             tokens = answer
         store.put(judgment)  # durable before it counts as done
         out[key] = ScoreOutcome(key, tokens, judgment, paid=True)
+        if tokens is None:
+            ledger.failed += 1
+            ledger.failures[judgment.error_kind] += 1
+        else:
+            ledger.ok += 1
 
     tasks = [asyncio.ensure_future(one(key)) for key in todo]
+    bar = tqdm(total=len(items), initial=ledger.cached, desc=f"{stage} [{model}]", unit="q",
+               disable=not progress or not tasks, dynamic_ncols=True)
     try:
-        for task in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc=f"{stage} [{model}]", disable=not tasks):
+        for task in asyncio.as_completed(tasks):
             await task
+            bar.update(1)
     finally:
+        bar.close()
         for task in tasks:
             task.cancel()
-    return {key: out[key] for key in items}
+        ledger.wall_s = time.monotonic() - started
+    return ScoreResult({key: out[key] for key in items}, ledger)

@@ -174,7 +174,9 @@ def test_resume_pays_no_call_twice(judged, cut):
     again = run(ROWS, settings, backend=backend, store=store, cut=cut, retry=retry)
     assert len(server.requests) == before
     assert again.configs == result.configs
-    assert again.stats["nq"]["answers_from_store"] == 9
+    assert again.stats == result.stats  # the stats describe the stored answers: the same on a rerun
+    assert {k: (v.calls, v.cached) for k, v in again.ledgers.items()} == {"arhn/extract": (0, 6), "arhn/rank": (0, 3)}
+    assert sum(v.calls for v in result.ledgers.values()) == before  # the first run's calls: what the stand-in saw
 
 
 def test_prhn_ranks_passages(tgi_stand_in, tmp_path, cut):

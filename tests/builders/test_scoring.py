@@ -29,7 +29,7 @@ def logprob(text, position):
 
 
 def run(backend, store, items, **kw):
-    return asyncio.run(score_all(backend, store, items, stage="test/score", prompt_version="v1", retry=FAST, **kw))
+    return asyncio.run(score_all(backend, store, items, stage="test/score", prompt_version="v1", retry=FAST, **kw)).outcomes
 
 
 EXPECTED = 1 - math.sqrt(((1 - 0.25) ** 2 + (1 - 0.5) ** 2) / 2)  # 0.362541
@@ -67,3 +67,18 @@ def test_empty_prefill_raises_cannot_score(tgi_stand_in, tmp_path):
     with JudgmentStore(tmp_path / "s.sqlite") as store, pytest.raises(CannotScore, match="--enable-prefill-logprobs"):
         run(backend, store, {f"k{i}": request(f"doc-{i}") for i in range(5)})
     assert sum(r.path != "/tokenize" for r in server.requests) == 1  # stopped after the first answer
+
+
+def test_ledger_counts_this_runs_calls_and_the_store(tgi_stand_in, tmp_path):
+    server = tgi_stand_in(lambda req: "x", logprob_fn=logprob,
+                          faults=[FaultRule(UNAVAILABLE, at=0), FaultRule(VALIDATION, match="doc-b", times=None)])
+    backend = TGIBackend(EndpointSpec(kind="tgi", url=server.url, concurrency=1, timeout_s=10))
+    items = {"a": request("doc-a"), "b": request("doc-b")}
+    with JudgmentStore(tmp_path / "s.sqlite") as store:
+        first = asyncio.run(score_all(backend, store, items, stage="test/score", prompt_version="v1", retry=FAST,
+                                      progress=False)).ledger
+        scored = len([r for r in server.requests if r.path == "/generate"])
+        assert (first.items, first.cached, first.calls, first.ok, first.failed) == (2, 0, 3, 1, 1) == (2, 0, scored, 1, 1)
+        assert sum(first.retries.values()) == 1 and dict(first.failures) == {"validation": 1}
+        again = asyncio.run(score_all(backend, store, items, stage="test/score", prompt_version="v1", retry=FAST)).ledger
+        assert (again.items, again.cached, again.calls, again.ok, again.failed) == (2, 2, 0, 0, 0)

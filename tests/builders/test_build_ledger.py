@@ -1,0 +1,118 @@
+"""The run's judge-call accounting is exact for every method, also on a resumed build: the
+CLI's "N judge calls, M answers from the store" lines, the report's ``judge_runs`` and the
+cost ledger count the calls THIS run made (what the TGI stand-in saw), answers read from the
+store count as such and cost nothing; the card (which describes the stored answers) stays the
+same. A run killed half-way is simulated by a store holding part of a clean run's answers."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from builders.build import build
+from builders.recipe import load_recipe
+from builders.store import JudgmentStore
+from tests.builders.test_build_methods import ARHN, EIFFEL, HAMLET, respond
+
+PRICES = {"stand-in/judge": {"prompt": 1.0, "completion": 2.0}}
+STAGES = {"arhn": ("arhn/extract", "arhn/rank"), "clear": ("clear/answer", "clear/score")}
+
+
+def recipe_path(tmp_path: Path, label: str, url: str, method: str, store: Path) -> Path:
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    rows = [dict(EIFFEL), dict(HAMLET)]
+    for r in rows:  # CLEAR extracts its answers with the judge (no answer column)
+        r.pop("pos_scores"), r.pop("neg_scores")
+    (data / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    methods = {"arhn": {"arhn": ARHN},
+               "clear": {"clear": {"tau": 0.01, "phi": 0.3, "max_pfn": 2, "extract_answers": True}}}[method]
+    recipe = {
+        "name": "ledger", "sources": [{"path": str(data / "rows.jsonl"), "subset": "nq"}],
+        "judges": {"stage1": {"kind": "tgi", "url": url, "model": "stand-in/judge", "concurrency": 2}},
+        "output": {"folder": str(tmp_path / label / "out"), "store": str(store)},
+        "card": {"license": "mit"}, "prices": PRICES, **methods,
+    }
+    path = tmp_path / f"{label}.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+def judge_calls(server) -> int:
+    return len([r for r in server.requests if r.path in ("/generate", "/")])
+
+
+def run_build(path: Path, server) -> tuple[dict, dict[str, tuple[int, int]], int, str]:
+    """-> (report, CLI lines: stage -> (calls, from the store), the stand-in's calls, the card)."""
+    before = judge_calls(server)
+    printed = io.StringIO()
+    report = build(load_recipe(path), "python -m builders.cli recipe.yaml", progress=False, out=printed)
+    lines = {m[1]: (int(m[2]), int(m[3])) for m in
+             re.finditer(r"^(\S+): (\d+) judge calls, (\d+) answers from the store", printed.getvalue(), re.M)}
+    card = (Path(report["folder"]) / "README.md").read_text(encoding="utf-8")
+    return report, lines, judge_calls(server) - before, card
+
+
+def ledger_requests(report: dict) -> dict[str, int]:
+    return {row["stage"]: row["requests"] for row in report["ledger"]["stages"]}
+
+
+@pytest.mark.parametrize("method", ["arhn", "clear"])
+def test_rerun_on_the_same_store_calls_nothing_and_costs_nothing(tgi_stand_in, tmp_path, method):
+    server = tgi_stand_in(respond)
+    path = recipe_path(tmp_path, "twice", server.url, method, tmp_path / "j.sqlite")
+    first, lines, seen, card = run_build(path, server)
+    stages = STAGES[method]
+    assert set(lines) == set(stages) and seen > 0
+    items = {stage: first["judge_runs"][stage]["items"] for stage in stages}
+    assert all(items.values())
+    # first run: every answer is a call, none from the store; the stand-in saw exactly those calls
+    assert all(lines[stage][1] == 0 for stage in stages)
+    assert sum(lines[stage][0] for stage in stages) == seen == first["ledger"]["total"]["requests"]
+    assert ledger_requests(first) == {stage: lines[stage][0] for stage in stages}
+    assert first["ledger"]["total"]["usd"] > 0
+
+    again, lines, seen, card_again = run_build(path, server)
+    assert seen == 0
+    assert lines == {stage: (0, items[stage]) for stage in stages}
+    assert {stage: again["judge_runs"][stage]["cached"] for stage in stages} == items
+    assert again["ledger"]["total"]["requests"] == 0 and again["ledger"]["total"]["usd"] == 0
+    assert card_again == card  # the card describes the stored answers: the same on a rerun
+    assert "## Cost ledger" in card
+
+
+def keep_part(full: Path, part: Path, keep) -> dict[str, tuple[int, int]]:
+    """Copy the judgments ``keep(index)`` picks from ``full`` into a new store ``part``
+    -> stage -> (answers kept, calls the dropped ones cost)."""
+    out: dict[str, list[int]] = {}
+    with JudgmentStore(full, readonly=True) as source, JudgmentStore(part) as target:
+        for i, j in enumerate(sorted(source.judgments(), key=lambda j: (j.stage, j.key))):
+            tally = out.setdefault(j.stage, [0, 0])
+            if keep(i):
+                target.put(j)
+                tally[0] += 1
+            else:
+                tally[1] += j.attempts
+    return {stage: (kept, dropped) for stage, (kept, dropped) in out.items()}
+
+
+@pytest.mark.parametrize("method", ["arhn", "clear"])
+def test_killed_half_way_reports_exactly_the_remaining_calls(tgi_stand_in, tmp_path, method):
+    server = tgi_stand_in(respond)
+    clean, _, clean_calls, clean_card = run_build(recipe_path(tmp_path, "clean", server.url, method, tmp_path / "clean.sqlite"), server)
+    part = keep_part(tmp_path / "clean.sqlite", tmp_path / "half.sqlite", keep=lambda i: i % 2 == 0)
+    remaining = sum(dropped for _, dropped in part.values())
+    assert 0 < remaining < clean_calls and any(kept for kept, _ in part.values())
+
+    resumed, lines, seen, card = run_build(recipe_path(tmp_path, "resumed", server.url, method, tmp_path / "half.sqlite"), server)
+    assert seen == remaining == resumed["ledger"]["total"]["requests"]
+    assert lines == {stage: (part[stage][1], part[stage][0]) for stage in STAGES[method]}
+    assert ledger_requests(resumed) == {stage: part[stage][1] for stage in STAGES[method]}
+    assert resumed["ledger"]["total"]["usd"] < clean["ledger"]["total"]["usd"]
+    # the outputs and the card are those of the uninterrupted build (the folders differ by name only)
+    assert card.replace("/resumed/", "/clean/") == clean_card
