@@ -10,7 +10,11 @@ generated text; a ``dict`` is ``{"text": ..., "finish_reason": ...}``). ``prompt
 gives the prompt text of any route so a responder can replay recorded answers by matching the
 query in it. Faults (429 overloaded, 503, 422, delays past the client's timeout, garbage text,
 a non-JSON body, a dropped connection) are scripted per request index or per matching prompt.
-Every request is recorded in ``server.requests`` (to assert that no call was paid twice).
+Every POST is recorded in ``server.requests`` (to assert that no call was paid twice; fault
+indices count them); GETs (``/info``, ``/health``, ``/v1/models``: reads, never paid) go to
+``server.reads``. Prompts over ``max_input_tokens`` (or with ``max_new_tokens`` over
+``max_total_tokens``) earn TGI's 422, on every generation route; ``max_model_len`` (vLLM) is
+offered in ``/v1/models`` when set.
 
 Tokens are a deterministic stand-in: ``\\s?\\w+``, ``\\s?<punct>`` or a whitespace run; ids are
 crc32-based; each token's log-probability is ``logprob_fn(token_text, position)``
@@ -65,6 +69,7 @@ class TGIStandIn:
         max_concurrent_requests: int = 128,
         max_input_tokens: int = 4096,
         max_total_tokens: int = 8192,
+        max_model_len: int | None = None,
     ):
         self.responder = responder or (lambda request: "stand-in answer")
         if isinstance(faults, dict):
@@ -78,7 +83,9 @@ class TGIStandIn:
         self.max_concurrent_requests = max_concurrent_requests
         self.max_input_tokens = max_input_tokens
         self.max_total_tokens = max_total_tokens
+        self.max_model_len = max_model_len
         self.requests: list[RecordedRequest] = []
+        self.reads: list[RecordedRequest] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -141,8 +148,9 @@ class TGIStandIn:
     def _record(self, method: str, path: str, body: dict | None, headers: dict) -> tuple[RecordedRequest, Fault | None]:
         prompt = prompt_of(body) if body is not None else None
         with self._lock:
-            record = RecordedRequest(len(self.requests), method, path, body, prompt, headers)
-            self.requests.append(record)
+            recorded = self.requests if method == "POST" else self.reads
+            record = RecordedRequest(len(recorded), method, path, body, prompt, headers)
+            recorded.append(record)
             fault = None
             if method == "POST":
                 for rule in self.faults:
@@ -237,7 +245,10 @@ class _Handler(BaseHTTPRequestHandler):
                 "max_client_batch_size": 4, "router": "text-generation-router", "version": "3.3.6-stand-in",
             })
         elif self.path == "/v1/models":
-            self._send(200, {"object": "list", "data": [{"id": stand_in.model_id, "object": "model", "owned_by": "stand-in"}]})
+            model = {"id": stand_in.model_id, "object": "model", "owned_by": "stand-in"}
+            if stand_in.max_model_len is not None:
+                model["max_model_len"] = stand_in.max_model_len
+            self._send(200, {"object": "list", "data": [model]})
         else:
             self._send(404, {"error": f"no route GET {self.path}", "error_type": "not_found"})
 
