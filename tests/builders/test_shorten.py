@@ -197,6 +197,6 @@ def test_local_limit_is_the_model_context_without_loading_weights(tmp_path):
 
     folder = build_tiny_model(tmp_path / "tiny")
     backend = make_backend(EndpointSpec(kind="local", model=str(folder)))
-    assert asyncio.run(backend.input_limit(100)) == 512 - 100 and not backend.loaded
+    assert asyncio.run(backend.input_limit(100)) == 4096 - 100 and not backend.loaded
     spans = asyncio.run(backend.token_spans("Query: what is a cat?"))
     assert len(spans) == backend.count_tokens("Query: what is a cat?")
