@@ -200,3 +200,56 @@ def test_local_limit_is_the_model_context_without_loading_weights(tmp_path):
     assert asyncio.run(backend.input_limit(100)) == 4096 - 100 and not backend.loaded
     spans = asyncio.run(backend.token_spans("Query: what is a cat?"))
     assert len(spans) == backend.count_tokens("Query: what is a cat?")
+
+
+def test_arhn_snippets_are_verified_against_the_text_the_judge_was_shown(tgi_stand_in, tmp_path):
+    from builders.arhn import ArhnSettings, RetrieverCut, run as run_arhn
+
+    filler = lambda tag, n: " ".join(f"{tag}{j}" for j in range(n))  # noqa: E731
+    seen = "Gustave Eiffel's company built the tower."
+    unseen = "Stephen Sauvestre drew the tower's arches."  # at the end of doc3: cut away before the judge sees it
+    row = QueryRow.from_query("Who designed the Eiffel Tower?", [Passage.from_text("The tower was designed by Eiffel.")],
+                              [Passage.from_text(seen + " " + filler("a", 150)), Passage.from_text(filler("b", 150) + " " + unseen),
+                               Passage.from_text(filler("c", 150))], subset="nq")
+
+    def judge(request: dict) -> str:
+        prompt = prompt_of(request)
+        if "Reply with exactly" in prompt:
+            return (f"[[[doc1]]]\nThe tower was designed by Eiffel.\n[[[/doc1]]]\n[[[doc2]]]\n{seen}\n[[[/doc2]]]\n"
+                    f"[[[doc3]]]\n{unseen}\n[[[/doc3]]]\n[[[doc4]]]\nNO_ANSWER\n[[[/doc4]]]")
+        return "[2] > [1]"
+
+    server = tgi_stand_in(judge, max_input_tokens=600)
+    backend = make_backend(EndpointSpec(kind="tgi", url=server.url, model="judge"))
+    with JudgmentStore(tmp_path / "j.sqlite") as store:
+        result = run_arhn([row], ArhnSettings(max_negatives=3), backend=backend, store=store,
+                          cut=RetrieverCut(max_length=512), retry=RetryPolicy(max_attempts=1, parse_retries=0))
+    nq = result.stats["nq"]
+    assert nq["extract_prompts_shortened"] == 1 and nq["extract_passages_shortened"] == 3
+    assert nq["hallucinated_snippets"] == 1  # the sentence from the part it never saw
+    extract = next(j for j in result.judgments if j["stage"] == "arhn/extract")
+    assert extract["hallucinated"] == [False, False, True, False]
+    decisions = {d["docid"]: d["decision"] for d in next(j for j in result.judgments if j["stage"] == "arhn/rank")["decisions"]}
+    assert [decisions[p.docid] for p in row.negative_passages] == ["relabel", "keep", "keep"]
+    sent = [prompt_of(r.body) for r in server.requests if r.path == "/generate"]
+    assert len(sent) == 2 and all(len(tokenize(p)) + 1 <= 600 for p in sent)
+    assert sent[0].count(" [...]") == 3 and unseen not in sent[0] and seen in sent[0]
+
+
+def test_dry_run_shows_how_many_prompts_would_be_shortened(tgi_stand_in, tmp_path):
+    import io
+    import json
+
+    from builders.build import dry_run
+    from builders.recipe import load_recipe
+
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps(r.to_tevatron()) + "\n" for r in long_rows()), encoding="utf-8")
+    server = tgi_stand_in(verdict_judge, max_input_tokens=LIMIT)
+    recipe = load_recipe(None, [("sources", f"[{{path: '{source}', subset: toy}}]"),
+                                ("judges.stage1", f"{{kind: tgi, url: '{server.url}', model: judge}}")])
+    printed = io.StringIO()
+    result = dry_run(recipe, progress=False, out=printed)
+    assert result["stages"]["stage1"]["input_limit"] == LIMIT and result["stages"]["stage1"]["prompts_over_limit"] == 3
+    assert f"input limit {LIMIT} tokens: 3 of 3 prompts over it would be shortened" in printed.getvalue()
+    assert not server.requests  # the dry run read /info and asked nothing
