@@ -253,3 +253,19 @@ def test_dry_run_shows_how_many_prompts_would_be_shortened(tgi_stand_in, tmp_pat
     assert result["stages"]["stage1"]["input_limit"] == LIMIT and result["stages"]["stage1"]["prompts_over_limit"] == 3
     assert f"input limit {LIMIT} tokens: 3 of 3 prompts over it would be shortened" in printed.getvalue()
     assert not server.requests  # the dry run read /info and asked nothing
+
+
+def test_clear_score_prompt_cut_keeps_the_answer_whole_and_scores(tgi_stand_in):
+    from builders.clear import score_request
+
+    server = tgi_stand_in(max_input_tokens=120)
+    backend = make_backend(EndpointSpec(kind="tgi", url=server.url, model="judge"))
+    answer = " Paris is the capital of France."
+    document = "Paris is the capital of France. " + " ".join(f"w{j}" for j in range(300))
+    fitter = PromptFitter(backend)
+    build = lambda texts: score_request("What is the capital of France?", texts[0], answer).messages  # noqa: E731
+    out = asyncio.run(fitter.fit(build, [document], max_new_tokens=1, continuation=answer))
+    assert out.shortened and out.texts[0].startswith("Paris is the capital of France. w0") and out.texts[0].endswith(" [...]")
+    tokens = asyncio.run(backend.score(score_request("What is the capital of France?", out.texts[0], answer)))
+    assert "".join(t.text for t in tokens).strip() == answer.strip() and tokens[-1].end == len(answer)  # scored whole
+    assert out.prompt_tokens <= 120 and [r.status for r in server.requests if r.path == "/generate"] == [200]

@@ -48,9 +48,11 @@ from tests.stand_ins.tgi_protocol import (  # noqa: F401 - re-exported for tests
     RecordedRequest,
     cut,
     default_logprob,
+    info_body,
     prompt_of,
     token_id,
     tokenize,
+    too_long,
 )
 
 class TGIStandIn:
@@ -237,13 +239,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/health":
             self._send(200, b"")
         elif self.path == "/info":
-            self._send(200, {
-                "model_id": stand_in.model_id, "model_sha": None, "model_pipeline_tag": "text-generation",
-                "max_concurrent_requests": stand_in.max_concurrent_requests, "max_best_of": 2,
-                "max_stop_sequences": 4, "max_input_tokens": stand_in.max_input_tokens,
-                "max_total_tokens": stand_in.max_total_tokens, "validation_workers": 2,
-                "max_client_batch_size": 4, "router": "text-generation-router", "version": "3.3.6-stand-in",
-            })
+            self._send(200, info_body(stand_in.model_id, stand_in.max_concurrent_requests, stand_in.max_input_tokens,
+                                      stand_in.max_total_tokens))
         elif self.path == "/v1/models":
             model = {"id": stand_in.model_id, "object": "model", "owned_by": "stand-in"}
             if stand_in.max_model_len is not None:
@@ -315,13 +312,7 @@ class _Handler(BaseHTTPRequestHandler):
         return ([(bos, 0, 0)] if special and bos else []) + tokens
 
     def _too_long(self, prompt_tokens: int, max_new_tokens: int) -> str | None:
-        stand_in = self.server_ref
-        if prompt_tokens > stand_in.max_input_tokens:
-            return f"Input validation error: `inputs` must have less than {stand_in.max_input_tokens} tokens. Given: {prompt_tokens}"
-        if prompt_tokens + max_new_tokens > stand_in.max_total_tokens:
-            return (f"Input validation error: `inputs` tokens + `max_new_tokens` must be <= {stand_in.max_total_tokens}. "
-                    f"Given: {prompt_tokens} `inputs` tokens and {max_new_tokens} `max_new_tokens`")
-        return None
+        return too_long(prompt_tokens, max_new_tokens, self.server_ref.max_input_tokens, self.server_ref.max_total_tokens)
 
     # ------------------------------------------------------------- routes
     def _generate(self, body: dict, fault: Fault | None) -> int:
