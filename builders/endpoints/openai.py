@@ -25,6 +25,7 @@ refuses to score.
 from __future__ import annotations
 
 import asyncio
+import time
 import json
 
 from builders.endpoints import EndpointSpec, input_limit_from, render_chat_prompt, tokenizer_spans
@@ -32,6 +33,7 @@ from builders.endpoints.gbnf import regex_to_gbnf
 from builders.endpoints.base import Backend, Constraint, EndpointError, GenerateRequest, Generation, ScoreRequest, TokenScore
 from builders.endpoints.http import HttpClient
 
+LIMIT_RETRY_S = 30.0  # a server that did not answer is asked again this much later
 REGEX_FLAVOURS = frozenset({"vllm", "sglang", "tgi", "llamacpp"})
 
 
@@ -78,6 +80,7 @@ class OpenAIBackend(Backend):
         self._served_model: str | None = spec.model
         self._context: dict | None = None  # {"tokens": the server's context length or None}, read once
         self._context_read: asyncio.Future | None = None
+        self._read_at = 0.0  # when that read started
 
     def count_tokens(self, text: str) -> int | None:
         if self.tokenizer is None:
@@ -102,11 +105,12 @@ class OpenAIBackend(Backend):
         if self.spec.max_input_tokens is not None:
             return self.spec.max_input_tokens
         if self._context is None:
-            if self._context_read is None or self._context_read.get_loop() is not asyncio.get_running_loop():
+            failed_long_ago = self._context_read is not None and self._context_read.done() and time.monotonic() - self._read_at > LIMIT_RETRY_S
+            if self._context_read is None or failed_long_ago or self._context_read.get_loop() is not asyncio.get_running_loop():
+                self._read_at = time.monotonic()
                 self._context_read = asyncio.ensure_future(self._read_context())  # one read shared by every caller
             if not await asyncio.shield(self._context_read):
-                self._context_read = None  # the server did not answer: read again by the next request
-                return None
+                return None  # the server did not answer: unknown for now, asked again LIMIT_RETRY_S later
         if self.spec.max_new_tokens is not None:
             max_new_tokens = min(max_new_tokens, self.spec.max_new_tokens)
         return input_limit_from(None, self._context["tokens"], max_new_tokens)

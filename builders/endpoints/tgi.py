@@ -23,11 +23,13 @@ Transports (``EndpointSpec.transport``):
 from __future__ import annotations
 
 import asyncio
+import time
 
 from builders.endpoints import EndpointSpec, input_limit_from, render_chat_prompt, tokenizer_spans
 from builders.endpoints.base import Backend, EndpointError, GenerateRequest, Generation, ScoreRequest, TokenScore
 from builders.endpoints.http import HttpClient
 
+LIMIT_RETRY_S = 30.0  # a server that did not answer /info is asked again this much later
 NO_PREFILL_MESSAGE = (
     "TGI returned an empty `prefill`: the server lacks --enable-prefill-logprobs (off by default since TGI 3.0), "
     "so it cannot give log-probabilities of prompt tokens. Restart it with --enable-prefill-logprobs, "
@@ -69,6 +71,7 @@ class TGIBackend(Backend):
                                headers={"Authorization": f"Bearer {token}"} if token else {})
         self._limits: dict | None = None  # /info's max_input_tokens / max_total_tokens, read once
         self._limits_read: asyncio.Future | None = None
+        self._read_at = 0.0  # when that read started
         self._hub = None
         if spec.transport == "huggingface_hub":
             from builders.endpoints.tgi_hub import HubTransport
@@ -102,11 +105,12 @@ class TGIBackend(Backend):
         if self.spec.max_input_tokens is not None:
             return self.spec.max_input_tokens
         if self._limits is None:
-            if self._limits_read is None or self._limits_read.get_loop() is not asyncio.get_running_loop():
+            failed_long_ago = self._limits_read is not None and self._limits_read.done() and time.monotonic() - self._read_at > LIMIT_RETRY_S
+            if self._limits_read is None or failed_long_ago or self._limits_read.get_loop() is not asyncio.get_running_loop():
+                self._read_at = time.monotonic()
                 self._limits_read = asyncio.ensure_future(self._read_limits())  # one read shared by every caller
             if not await asyncio.shield(self._limits_read):
-                self._limits_read = None  # the server did not answer: read again by the next request
-                return None
+                return None  # the server did not answer: unknown for now, asked again LIMIT_RETRY_S later
         if self.spec.max_new_tokens is not None:
             max_new_tokens = min(max_new_tokens, self.spec.max_new_tokens)
         return input_limit_from(self._limits["max_input_tokens"], self._limits["max_total_tokens"], max_new_tokens)
@@ -180,7 +184,8 @@ class TGIBackend(Backend):
     async def _read_limits(self) -> bool:
         """Keep /info's limits; False when the server did not answer (a retryable error)."""
         try:
-            info = await self.info()
+            info, _ = await self.http.get("/info", timeout_s=min(self.spec.timeout_s, 10.0))
+            info = info if isinstance(info, dict) else {}
         except EndpointError as error:
             if error.retryable:
                 return False

@@ -190,6 +190,8 @@ def test_input_limits_from_info_spec_and_fleet(tgi_stand_in):
     vllm = tgi_stand_in(max_model_len=1000)
     assert limit(make_backend(EndpointSpec(kind="openai", url=vllm.url, model="m"))) == 900  # max_model_len - new
     assert limit(make_backend(EndpointSpec(kind="openai", url=small.url, model="m"))) is None  # none offered
+    down = make_backend(EndpointSpec(kind="tgi", url="http://127.0.0.1:9"))  # nothing listens on the discard port
+    assert limit(down) is None  # a server that does not answer: unknown (prompts go as they are), asked again later
 
 
 def test_local_limit_is_the_model_context_without_loading_weights(tmp_path):
