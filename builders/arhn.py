@@ -60,6 +60,7 @@ from builders.method import JudgeInfo, MethodResult
 from builders.ranking import Ranking, parse_ranking
 from builders.retriever_cut import RetrieverCut
 from builders.rows import Passage, QueryRow, md5
+from builders.shorten import Fit, PromptFitter, too_long_message
 from builders.snippets import CheckedSnippet, check_snippets, parse_blocks
 from builders.store import JudgmentStore
 
@@ -170,6 +171,16 @@ def _listed(ranking: Ranking | None, passages: bool) -> list[int] | None:
     return [e for e in ranking.order if e not in ranking.missing] if passages else ranking.order
 
 
+def _count_fit(result: MethodResult, subset: str, stage: str, fit: Fit) -> None:
+    """``builders.shorten``'s counts for one prompt (only when it cut something or refused)."""
+    if fit.shortened:
+        result.count(subset, f"{stage}_prompts_shortened")
+        result.count(subset, f"{stage}_passages_shortened", fit.passages_cut)
+        result.count(subset, f"{stage}_prompt_tokens_removed", fit.tokens_removed)
+    if fit.texts is None:
+        result.count(subset, f"{stage}_prompts_too_long")
+
+
 def _kind(backend: Backend) -> str:
     name = type(backend).__name__.lower()
     return next((k for k in ("tgi", "openai", "local") if k in name), name)
@@ -191,15 +202,29 @@ def _account(result: MethodResult, subset: str, outcome: Outcome, accounted: set
 
 async def _extract(queries: list[_Query], s: ArhnSettings, backend: Backend, store: JudgmentStore, result: MethodResult,
              retry: RetryPolicy | None, concurrency: int | None, progress: bool) -> None:
+    fitter = PromptFitter(backend)  # negatives cut to fit the judge's input limit; doc1 (the positive) never
+    fits = await fitter.fit_all(
+        (lambda q=q: fitter.fit(lambda texts: extract_request(q.row.query, [q.cut_positive, *texts], s, backend).messages,
+                                q.cut_negatives, max_new_tokens=s.extract_max_new_tokens)) for q in queries)
     items = {}
-    for q in queries:
-        docs = [q.cut_positive] + q.cut_negatives
-        items[q.key] = (extract_request(q.row.query, docs, s, backend), len(docs))
+    for q, fit in zip(queries, fits):
+        if fit.texts is not None:
+            q.cut_negatives = list(fit.texts)  # what the judge is shown: its snippets are verified against this
+            docs = [q.cut_positive] + q.cut_negatives
+            items[q.key] = (extract_request(q.row.query, docs, s, backend), len(docs))
     outcomes, result.ledgers["arhn/extract"] = await _ask(backend, store, "arhn/extract", EXTRACT_VERSION, items,
                     lambda n: (lambda text: parse_blocks(text, n).ok), retry, concurrency, progress)
     accounted: set[str] = set()
-    for q in queries:
-        outcome, subset = outcomes[q.key], q.row.subset
+    for q, fit in zip(queries, fits):
+        subset = q.row.subset
+        _count_fit(result, subset, "extract", fit)
+        if fit.texts is None:  # too long even cut to the floor: not sent, a failed judgment
+            q.checked = None
+            result.count(subset, "call_failures")
+            row = _judgment(q, "arhn/extract", backend, EXTRACT_VERSION, None, "call_failed", [])
+            result.judgments.append({**row, "error": too_long_message(fit)})
+            continue
+        outcome = outcomes[q.key]
         _account(result, subset, outcome, accounted)
         docs = [q.cut_positive] + q.cut_negatives
         issues: list[str] = []
@@ -259,11 +284,26 @@ async def _rank(queries: list[_Query], s: ArhnSettings, backend: Backend, store:
             return r.ok and 1 not in r.missing and (passages or not r.issues)
         return check
 
-    items = {q.key: (rank_request(q.row.query, entries, s, backend), len(entries)) for q, _, entries in plans}
+    fitter = PromptFitter(backend)  # entries after [1] cut to fit the judge's input limit; [1] never
+    shown = [[" ".join(e.split()) for e in entries] for _, _, entries in plans]  # as rank_request shows them
+    fits = await fitter.fit_all(
+        (lambda q=q, e=e: fitter.fit(lambda texts: rank_request(q.row.query, [e[0], *texts], s, backend).messages,
+                                     e[1:], max_new_tokens=s.rank_max_new_tokens)) for (q, _, _), e in zip(plans, shown))
+    items = {q.key: (rank_request(q.row.query, [e[0], *fit.texts], s, backend), len(e))
+             for (q, _, _), e, fit in zip(plans, shown, fits) if fit.texts is not None}
     outcomes, result.ledgers[stage] = await _ask(backend, store, stage, version, items, usable, retry, concurrency, progress)
     accounted: set[str] = set()
-    for q, has, entries in plans:
-        outcome, subset = outcomes[q.key], q.row.subset
+    for (q, has, entries), fit in zip(plans, fits):
+        subset = q.row.subset
+        _count_fit(result, subset, "rank", fit)
+        if fit.texts is None:  # too long even cut to the floor: not sent, a failed judgment
+            result.count(subset, "call_failures")
+            missing = [c.missing for c in q.checked[1:]] if q.checked else [False] * len(q.judged)
+            q.decisions = {p.docid: ("unjudged" if gone or flag else "keep") for p, flag, gone in zip(q.judged, has, missing)}
+            row = _judgment(q, stage, backend, version, None, "call_failed", [], decisions=q.decisions)
+            result.judgments.append({**row, "error": too_long_message(fit)})
+            continue
+        outcome = outcomes[q.key]
         _account(result, subset, outcome, accounted)
         ranking, issues = None, []
         if outcome.text is None:

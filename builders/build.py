@@ -140,6 +140,7 @@ def _rlhn_plans(recipe: Recipe, rows: list[QueryRow], s, result: dict, out) -> l
             print(f"[{m['role']}]\n{m['content']}", file=out)
         print("--- end of prompt ---\n", file=out)
     tokenizer = load_tokenizer(recipe.dry_run.tokenizer) if recipe.dry_run.tokenizer else None
+    plan_specs = judge_plan(recipe)
     for name, spec in _specs(recipe):
         share = 1.0 if name == "stage1" else recipe.dry_run.stage2_share
         tok = tokenizer or _judge_tokenizer(spec)
@@ -152,7 +153,8 @@ def _rlhn_plans(recipe: Recipe, rows: list[QueryRow], s, result: dict, out) -> l
         plans.append(StagePlan(f"rlhn/{name}", spec.model_id, counts, share, recipe.dry_run.completion_tokens))
         est, calls = int(sum(counts) * share), int(len(windows) * share)
         print(f"{name} [{spec.model_id}]: ~{calls} prompts, ~{est:,} prompt tokens ({how}){'' if name == 'stage1' else f', stage-2 share {share}'}", file=out)
-        result["stages"][name] = {"judge": spec.model_id, "prompts": calls, "prompt_tokens": est, "counted_with": how}
+        result["stages"][name] = {"judge": spec.model_id, "prompts": calls, "prompt_tokens": est, "counted_with": how,
+                                  **_over_limit(plan_specs[name], counts, s.max_new_tokens, out)}
     return plans
 
 
@@ -181,8 +183,54 @@ def _arhn_plans(recipe: Recipe, rows: list[QueryRow], result: dict, out) -> list
         plans.append(StagePlan(stage, spec.model_id, counts, 1.0, recipe.dry_run.completion_tokens))
         print(f"{stage} [{spec.model_id}]: ~{len(counts)} prompts, ~{sum(counts):,} prompt tokens"
               + ("" if passages else f"; {plain.prefix}/rank not estimated (its prompts hold stage 1's snippets)"), file=out)
-        result["stages"][stage] = {"judge": spec.model_id, "prompts": len(counts), "prompt_tokens": sum(counts)}
+        new_tokens = plain.rank_max_new_tokens if passages else plain.extract_max_new_tokens
+        result["stages"][stage] = {"judge": spec.model_id, "prompts": len(counts), "prompt_tokens": sum(counts),
+                                   **_over_limit(plan[judge], counts, new_tokens, out)}
     return plans
+
+
+def dry_input_limit(specs: list[EndpointSpec], max_new_tokens: int) -> int | None:
+    """A judge's input limit for the dry run (``builders.shorten``'s rule: the smallest of its
+    endpoints'): ``max_input_tokens`` when set, a local model's context minus ``max_new_tokens``
+    (its config, no weights), a server's ``/info`` / ``/v1/models`` when it answers; else None."""
+    from builders.endpoints.local import read_context_length
+
+    limits = []
+    for spec in specs:
+        new = min(max_new_tokens, spec.max_new_tokens) if spec.max_new_tokens is not None else max_new_tokens
+        if spec.max_input_tokens is not None:
+            limits.append(spec.max_input_tokens)
+        elif spec.kind == "local":
+            context = read_context_length(spec.model, spec.gguf_file)
+            limits.append(None if context is None else context - new)
+        else:
+            limits.append(asyncio.run(_server_limit(spec, new)))
+    known = [x for x in limits if x is not None]
+    return min(known) if known else None
+
+
+async def _server_limit(spec: EndpointSpec, max_new_tokens: int) -> int | None:
+    from builders.endpoints import make_backend
+
+    backend = make_backend(dataclasses.replace(spec, tokenizer=None, timeout_s=min(spec.timeout_s, 10.0)))
+    try:
+        return await backend.input_limit(max_new_tokens)
+    except Exception:  # noqa: BLE001 - a dry run reports what it can; the build reads the limit again
+        return None
+    finally:
+        await backend.aclose()
+
+
+def _over_limit(specs: list[EndpointSpec], counts: list[int], max_new_tokens: int, out) -> dict:
+    """How many prompts exceed the judge's input limit (the build shortens them), printed."""
+    limit = dry_input_limit(specs, max_new_tokens)
+    if limit is None:
+        print("  input limit unknown (set max_input_tokens on the endpoint): prompts are sent as they are", file=out)
+        return {"input_limit": None, "prompts_over_limit": None}
+    over = [c for c in counts if c > limit]
+    print(f"  input limit {limit:,} tokens: {len(over)} of {len(counts)} prompts over it would be shortened "
+          f"(~{sum(c - limit for c in over):,} tokens cut; builders.shorten)", file=out)
+    return {"input_limit": limit, "prompts_over_limit": len(over), "tokens_over_limit": sum(c - limit for c in over)}
 
 
 async def _judge_chunks(recipe: Recipe, rows, spool: ConfigSpool, progress: bool, backends: dict[str, Backend] | None = None):

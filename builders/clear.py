@@ -52,6 +52,7 @@ from builders.percpos import cutoff
 from builders.rows import Passage, QueryRow, md5
 from builders.snippets import check_snippets, parse_blocks
 from builders.scoring import CannotScore, score_all
+from builders.shorten import Fit, PromptFitter, too_long_message
 from builders.store import Judgment, JudgmentStore
 
 SCORE_VERSION = "clear-score-v1"
@@ -174,8 +175,14 @@ async def _extract_answers(queries: list[_Query], s: ClearSettings, backend: Bac
                         extract_max_new_tokens=s.extract_max_new_tokens)
     key = {id(q): f"{q.row.query_id}:{q.row.positive_passages[0].docid}" for q in queries}  # same question, same answer
     docs = {key[id(q)]: cut(q.row.positive_passages[0].full_text) for q in queries}
-    items = {key[id(q)]: extract_request(q.row.query, [docs[key[id(q)]]], arhn, backend) for q in queries}
-    if not items:
+    query_of = {key[id(q)]: q.row.query for q in queries}
+    fitter = PromptFitter(backend)  # the positive is cut to fit the judge's input limit; the answer is copied from what it shows
+    fits = dict(zip(docs, await fitter.fit_all(
+        (lambda k=k: fitter.fit(lambda texts: extract_request(query_of[k], list(texts), arhn, backend).messages, [docs[k]],
+                                max_new_tokens=arhn.extract_max_new_tokens)) for k in docs)))
+    docs.update({k: fit.texts[0] for k, fit in fits.items() if fit.texts is not None})
+    items = {k: extract_request(query_of[k], [docs[k]], arhn, backend) for k in docs if fits[k].texts is not None}
+    if not docs:
         return
     annotator = Annotator(backend, store, stage="clear/answer", prompt_version=EXTRACT_VERSION, concurrency=s.concurrency,
                           retry=RetryPolicy(max_attempts=s.max_attempts), check=lambda text: parse_blocks(text, 1).ok,
@@ -184,7 +191,14 @@ async def _extract_answers(queries: list[_Query], s: ClearSettings, backend: Bac
     outcomes, result.ledgers["clear/answer"] = answered.outcomes, answered.ledger
     accounted: set[str] = set()  # stats count the stored answers (also on resume), each once
     for q in queries:
-        outcome, subset = outcomes[key[id(q)]], q.row.subset
+        fit, subset = fits[key[id(q)]], q.row.subset
+        _count_fit(result, subset, "answer", fit)
+        if fit.texts is None:  # too long even cut to the floor: not sent, a failed judgment
+            result.count(subset, "call_failures")
+            result.judgments.append(_judgment_row(q, "clear/answer", backend, EXTRACT_VERSION,
+                                                  _not_sent(key[id(q)], "clear/answer", backend, EXTRACT_VERSION, fit)))
+            continue
+        outcome = outcomes[key[id(q)]]
         if key[id(q)] not in accounted:
             accounted.add(key[id(q)])
             result.count(subset, "judge_calls", outcome.judgment.attempts)
@@ -221,12 +235,18 @@ async def _score(queries: list[_Query], s: ClearSettings, backend: Backend, stor
                  cut: RetrieverCut, progress: bool) -> None:
     items: dict[str, ScoreRequest] = {}
     owners: list[tuple[str, _Query, Passage, str]] = []
+    documents: dict[str, tuple[str, str, str]] = {}  # key -> (query, document, answer)
     for q in queries:
         q.confidence = {}
         for p in list(q.row.positive_passages) + [p for p, _ in q.pfns]:
             key = f"{q.row.query_id}:{md5(q.answer)[:12]}:{p.docid}"  # identical requests are sent once
-            items[key] = score_request(q.row.query, cut(p.full_text), q.answer)
+            documents[key] = (q.row.query, cut(p.full_text), q.answer)
             owners.append((key, q, p, "positive" if p in q.row.positive_passages else "pfn"))
+    fitter = PromptFitter(backend)  # the document is cut to fit the judge's input limit; the answer stays whole
+    fits = dict(zip(documents, await fitter.fit_all(
+        (lambda k=k, d=d: fitter.fit(lambda texts: score_request(d[0], texts[0], d[2]).messages, [d[1]],
+                                     max_new_tokens=1, continuation=d[2])) for k, d in documents.items())))
+    items = {k: score_request(d[0], fits[k].texts[0], d[2]) for k, d in documents.items() if fits[k].texts is not None}
     try:
         scored = await score_all(backend, store, items, stage="clear/score", prompt_version=SCORE_VERSION,
                                  concurrency=s.concurrency, retry=RetryPolicy(max_attempts=s.max_attempts), progress=progress)
@@ -234,7 +254,18 @@ async def _score(queries: list[_Query], s: ClearSettings, backend: Backend, stor
         raise ClearError(f"CLEAR stopped: {error}") from error
     outcomes, result.ledgers["clear/score"] = scored.outcomes, scored.ledger
     accounted: set[str] = set()  # stats count the stored answers (also on resume), each once
+    counted: set[str] = set()
     for key, q, p, role in owners:
+        if key not in counted:
+            counted.add(key)
+            _count_fit(result, q.row.subset, "score", fits[key])
+        if fits[key].texts is None:  # too long even cut to the floor: not sent, a failed judgment
+            result.count(q.row.subset, "score_failures")
+            similarity = next((v for x, v in q.pfns if x.docid == p.docid), q.positive_similarity)
+            result.judgments.append(_judgment_row(q, "clear/score", backend, SCORE_VERSION,
+                                                  _not_sent(key, "clear/score", backend, SCORE_VERSION, fits[key]),
+                                                  docid=p.docid, role=role, confidence=None, similarity=similarity))
+            continue
         outcome = outcomes[key]
         if key not in accounted:
             accounted.add(key)
@@ -290,6 +321,21 @@ def _judgment_row(q: _Query, stage: str, backend: Backend, version: str, judgmen
         "attempts": judgment.attempts, "answer": q.answer, "answer_source": q.answer_source,
         "positive_similarity": q.positive_similarity, **fields,
     }
+
+
+def _not_sent(key: str, stage: str, backend: Backend, version: str, fit: Fit) -> Judgment:
+    """The failed judgment of a prompt ``builders.shorten`` could not fit (never sent, not stored)."""
+    return Judgment(stage=stage, judge_model=backend.model_id, prompt_version=version, key=key, status="failed",
+                    error_kind="validation", error_message=too_long_message(fit), attempts=0)
+
+
+def _count_fit(result: MethodResult, subset: str, stage: str, fit: Fit) -> None:
+    """``builders.shorten``'s counts for one prompt (only when it cut something or refused)."""
+    if fit.shortened:
+        result.count(subset, f"{stage}_prompts_shortened")
+        result.count(subset, f"{stage}_prompt_tokens_removed", fit.tokens_removed)
+    if fit.texts is None:
+        result.count(subset, f"{stage}_prompts_too_long")
 
 
 def _kind(backend: Backend) -> str:

@@ -162,6 +162,31 @@ class Fleet(Backend):
     def count_tokens(self, text: str) -> int | None:
         return self.members[0].backend.count_tokens(text)
 
+    async def input_limit(self, max_new_tokens: int) -> int | None:
+        """The smallest input limit among the members that state one: a prompt must fit every
+        endpoint it may be moved to. None when no member states one."""
+        limits = await asyncio.gather(*(m.backend.input_limit(max_new_tokens) for m in self.members))
+        known = [x for x in limits if x is not None]
+        return min(known) if known else None
+
+    def prompt_text(self, messages) -> str:
+        return self.members[0].backend.prompt_text(messages)
+
+    async def token_spans(self, text: str) -> list[tuple[int, int]] | None:
+        """The first member that can tokenize (a local tokenizer, or a healthy server's route)."""
+        last: EndpointError | None = None
+        for member in sorted(self.members, key=lambda m: not m.stats.healthy):
+            try:
+                spans = await member.backend.token_spans(text)
+            except EndpointError as error:
+                last = error
+                continue
+            if spans is not None:
+                return spans
+        if last is not None:
+            raise last
+        return None
+
     def stats(self) -> list[EndpointStats]:
         return [EndpointStats(**{**vars(m.stats), "failures_by_kind": dict(m.stats.failures_by_kind)}) for m in self.members]
 

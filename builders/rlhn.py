@@ -27,6 +27,7 @@ from builders.endpoints.base import Backend, Constraint, GenerateRequest
 from builders.method import JudgeInfo, MethodResult
 from builders.refine import Decision, RefineSettings, refine, row_key
 from builders.rows import Passage, QueryRow, md5
+from builders.shorten import PromptFitter, too_long_message
 from builders.verdict import ParseFailure, Verdict, parse_verdict, verdict_regex
 
 SYSTEM = (
@@ -112,10 +113,18 @@ def variant_of(row: QueryRow, s: RlhnSettings) -> str:
     return "scidocsrr" if row.subset in s.scidocsrr_subsets else "default"
 
 
-def render_messages(window: Window, s: RlhnSettings) -> tuple[dict, ...]:
+def shown_negatives(window: Window, s: RlhnSettings) -> tuple[str, ...]:
+    """The negatives' text as the prompt shows it (whitespace collapsed, ``max_passage_words``)."""
+    return tuple(_clip(p.full_text, s.max_passage_words) for p in window.negatives)
+
+
+def render_messages(window: Window, s: RlhnSettings, negatives: tuple[str, ...] | None = None) -> tuple[dict, ...]:
+    """The prompt of ``window``; ``negatives``: their text as shown (default ``shown_negatives``;
+    ``builders.shorten`` passes them cut to fit the judge), inserted verbatim."""
     template = PROMPT_SCIDOCSRR if variant_of(window.row, s) == "scidocsrr" else PROMPT
     positives = "\n".join(f"Ground truth ({i}): {_clip(p.full_text, s.max_passage_words)}" for i, p in enumerate(window.row.positive_passages, 1))
-    negatives = "\n".join(f"Doc ({i}): {_clip(p.full_text, s.max_passage_words)}" for i, p in enumerate(window.negatives, 1))
+    shown = shown_negatives(window, s) if negatives is None else negatives
+    negatives = "\n".join(f"Doc ({i}): {text}" for i, text in enumerate(shown, 1))
     user = template.format(query=" ".join(window.row.query.split()), positives=positives, negatives=negatives)
     return ({"role": "system", "content": SYSTEM}, {"role": "user", "content": user})
 
@@ -129,12 +138,12 @@ def windows_of(row: QueryRow, s: RlhnSettings) -> list[Window]:
     return out if s.max_prompts_per_query is None else out[: s.max_prompts_per_query]
 
 
-def make_request(window: Window, backend: Backend, s: RlhnSettings) -> GenerateRequest:
+def make_request(window: Window, backend: Backend, s: RlhnSettings, negatives: tuple[str, ...] | None = None) -> GenerateRequest:
     constraint = None
     if s.constrained == "auto" and "regex" in backend.supports_constraint:
         constraint = Constraint(kind="regex", value=verdict_regex(len(window.negatives), s.reason_max_chars))
     return GenerateRequest(
-        messages=render_messages(window, s),
+        messages=render_messages(window, s, negatives),
         max_new_tokens=s.max_new_tokens,
         temperature=s.temperature,
         seed=0,
@@ -152,6 +161,9 @@ class CallOutcome:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     attempts: int = 1
+    passages_cut: int = 0  # negatives shortened to fit the judge's input limit (builders.shorten)
+    tokens_removed: int = 0
+    too_long: bool = False  # not sent: does not fit even with its negatives cut to the floor
 
 
 @dataclass
@@ -190,6 +202,8 @@ def judgment_row(window: Window, stage: Stage, version: str, outcome: CallOutcom
         "prompt_tokens": outcome.prompt_tokens if outcome else None,
         "completion_tokens": outcome.completion_tokens if outcome else None,
         "attempts": outcome.attempts if outcome else 0,
+        "passages_shortened": outcome.passages_cut if outcome else 0,
+        "prompt_tokens_removed": outcome.tokens_removed if outcome else 0,
     }
 
 
@@ -226,6 +240,7 @@ async def judge_stage(stage: Stage, rows: list[QueryRow], s: RlhnSettings, store
     from builders.annotate import Annotator, RetryPolicy
 
     retry = retry or RetryPolicy(parse_retries=s.parse_retries)
+    fitter = PromptFitter(stage.backend)
     groups: dict[tuple[str, int], list[Window]] = defaultdict(list)
     seen: set[str] = set()
     for row in rows:
@@ -248,10 +263,18 @@ async def judge_stage(stage: Stage, rows: list[QueryRow], s: RlhnSettings, store
             check=lambda text, n=n: isinstance(parse_verdict(text, n), Verdict),
             progress=progress,
         )
-        result = await annotator.run([(w.key, make_request(w, stage.backend, s)) for w in windows])
+        fits = await fitter.fit_all(
+            (lambda w=w: fitter.fit(lambda texts: render_messages(w, s, texts), shown_negatives(w, s),
+                                    max_new_tokens=s.max_new_tokens)) for w in windows)
+        sent = [(w, fit) for w, fit in zip(windows, fits) if fit.texts is not None]
+        result = await annotator.run([(w.key, make_request(w, stage.backend, s, fit.texts)) for w, fit in sent])
         ledgers[f"{version}/n={n}"] = result.ledger.as_dict()
-        for w in windows:
-            outcome = _outcome_of(result.outcomes[w.key].judgment)
+        for w, fit in zip(windows, fits):
+            if fit.texts is None:  # too long even cut to the floor: not sent, a failed judgment
+                outcome = CallOutcome(None, error=too_long_message(fit), attempts=0, too_long=True)
+            else:
+                outcome = _outcome_of(result.outcomes[w.key].judgment)
+                outcome.passages_cut, outcome.tokens_removed = fit.passages_cut, fit.tokens_removed
             verdict = _window_result(w, outcome)
             per_row[row_key(w.row)].append((w, verdict, outcome))
             judgments.append(judgment_row(w, stage, version, outcome, verdict))
@@ -279,6 +302,12 @@ def _count_stage(stats, rows: list[QueryRow], per_row: dict, decisions: dict[str
             c[f"completion_tokens_{stage}"] += (outcome.completion_tokens or 0) if outcome else 0
             if isinstance(verdict, ParseFailure) and outcome is not None and outcome.text is not None:
                 c["parse_failures"] += 1
+            if outcome is not None and outcome.passages_cut:  # builders.shorten: counted only when it happened
+                c[f"prompts_shortened_{stage}"] += 1
+                c[f"passages_shortened_{stage}"] += outcome.passages_cut
+                c[f"prompt_tokens_removed_{stage}"] += outcome.tokens_removed
+            if outcome is not None and outcome.too_long:
+                c[f"prompts_too_long_{stage}"] += 1
 
 
 async def run_rlhn(rows: list[QueryRow], stages: list[Stage], s: RlhnSettings, store, retry=None, progress: bool = True) -> tuple[MethodResult, dict]:

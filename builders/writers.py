@@ -143,7 +143,7 @@ def judgments_table(rows: list[dict]) -> pa.Table:
         ("raw_response", pa.string()), ("better", pa.list_(pa.int64())), ("worse", pa.list_(pa.int64())),
         ("better_docids", pa.list_(pa.string())), ("worse_docids", pa.list_(pa.string())),
         ("finish_reason", pa.string()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
-        ("attempts", pa.int64()),
+        ("attempts", pa.int64()), ("passages_shortened", pa.int64()), ("prompt_tokens_removed", pa.int64()),
     ])
     return pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
 

@@ -55,6 +55,7 @@ class EndpointSpec:
     dtype: str | None = None  # local: "float32", "bfloat16", ... (None: float32 on cpu, bfloat16 on cuda)
     threads: int | None = None  # local: torch CPU threads (None: torch's default)
     transport: Transport = "aiohttp"  # tgi: HTTP client ("huggingface_hub": AsyncInferenceClient); openai: aiohttp only
+    max_input_tokens: int | None = None  # prompt tokens the endpoint accepts (None: what the server / model says)
 
     @property
     def model_id(self) -> str:
@@ -86,6 +87,28 @@ def load_tokenizer(name_or_path: str | None):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(name_or_path)
+
+
+def input_limit_from(max_input_tokens, max_total_tokens, max_new_tokens: int) -> int | None:
+    """Prompt tokens a server takes for a request that may generate ``max_new_tokens``:
+    min(max_input_tokens, max_total_tokens - max_new_tokens) over the values it offered
+    (positive integers; anything else counts as not offered). None: it offered neither."""
+    def offered(value) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+    limits = [offered(max_input_tokens), None if offered(max_total_tokens) is None else max_total_tokens - max_new_tokens]
+    known = [x for x in limits if x is not None]
+    return min(known) if known else None
+
+
+def tokenizer_spans(tokenizer, text: str, *, add_special_tokens: bool) -> list[tuple[int, int]]:
+    """Character spans of ``text``'s tokens under a transformers tokenizer (special tokens it
+    adds have zero width). Needs a fast (Rust) tokenizer: the spans are its offset mapping."""
+    if not tokenizer.is_fast:
+        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no fast (Rust) version, so it gives no character "
+                         "offsets to shorten prompts at token boundaries; name one with a tokenizer.json")
+    offsets = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)["offset_mapping"]
+    return [(int(a), int(b)) for a, b in offsets]
 
 
 def render_chat_prompt(messages, tokenizer=None, *, for_server_that_adds_special_tokens: bool = False) -> str:
@@ -159,6 +182,8 @@ __all__ = [
     "error_for_status",
     "render_chat_prompt",
     "TokenScore",
+    "input_limit_from",
     "load_tokenizer",
+    "tokenizer_spans",
     "make_backend",
 ]

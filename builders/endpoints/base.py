@@ -96,5 +96,23 @@ class Backend(abc.ABC):
         """Prompt-size estimate for ``--dry-run``; None when the backend has no tokenizer."""
         return None
 
+    async def input_limit(self, max_new_tokens: int) -> int | None:
+        """The most prompt tokens this endpoint accepts for a request that may generate
+        ``max_new_tokens`` (read once from the server or the model and cached); None: unknown,
+        prompts are sent as they are. ``builders.shorten`` fits prompts under it."""
+        return None
+
+    def prompt_text(self, messages) -> str:
+        """The text whose tokens the endpoint counts for ``messages`` (its chat rendering)."""
+        from builders.endpoints import render_chat_prompt
+
+        return render_chat_prompt(messages)
+
+    async def token_spans(self, text: str) -> list[tuple[int, int]] | None:
+        """``(start, end)`` character spans of the tokens the endpoint counts for ``text``, the
+        special tokens it adds included (zero width), with the judge's tokenizer: a local one
+        when the backend has it, else the server's tokenize route. None: it cannot tokenize."""
+        return None
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         pass

@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from builders.endpoints import EndpointSpec, render_chat_prompt
+from builders.endpoints import EndpointSpec, render_chat_prompt, tokenizer_spans
 from builders.endpoints.base import Backend, GenerateRequest, Generation, ScoreRequest, TokenScore
 from builders.endpoints.constrained import TokenTexts, eos_ids, generate_with_regex, vocab_size
 
@@ -47,6 +47,36 @@ def bundled_smollm2() -> Path:
     return path
 
 
+def model_source(model: str | None, gguf_file: str | None) -> tuple[str, dict]:
+    """(folder or Hub id, ``from_pretrained`` options) of a local judge's weights."""
+    if model is None and gguf_file is None:
+        gguf_path = bundled_smollm2()
+        source, gguf_file = str(gguf_path.parent), gguf_path.name
+    elif gguf_file is not None and model is None:
+        source, gguf_file = str(Path(gguf_file).parent), Path(gguf_file).name
+    else:
+        source = model
+    return source, ({"gguf_file": gguf_file} if gguf_file else {})
+
+
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def context_length(config) -> int | None:
+    """The model's context (positions it was built for) from its config, None when it names none."""
+    fields = config.to_dict()
+    return next((fields[k] for k in CONTEXT_FIELDS if isinstance(fields.get(k), int) and fields[k] > 0), None)
+
+
+@functools.lru_cache(maxsize=8)
+def read_context_length(model: str | None, gguf_file: str | None) -> int | None:
+    """``context_length`` of a local judge's config, without loading its weights."""
+    from transformers import AutoConfig
+
+    source, options = model_source(model, gguf_file)
+    return context_length(AutoConfig.from_pretrained(source, **options))
+
+
 @functools.lru_cache(maxsize=4)
 def load_model(model: str | None, gguf_file: str | None, device: str, dtype: torch.dtype):
     """(model, tokenizer) from a Hub id / folder, a GGUF file, or the bundled default.
@@ -55,14 +85,7 @@ def load_model(model: str | None, gguf_file: str | None, device: str, dtype: tor
     bundled SmolLM2) share one loaded copy; inference never modifies it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if model is None and gguf_file is None:
-        gguf_path = bundled_smollm2()
-        source, gguf_file = str(gguf_path.parent), gguf_path.name
-    elif gguf_file is not None and model is None:
-        source, gguf_file = str(Path(gguf_file).parent), Path(gguf_file).name
-    else:
-        source = model
-    options = {"gguf_file": gguf_file} if gguf_file else {}
+    source, options = model_source(model, gguf_file)
     tokenizer = AutoTokenizer.from_pretrained(source, **options)
     loaded = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **options).to(device).eval()
     return loaded, tokenizer
@@ -73,9 +96,12 @@ class LocalBackend(Backend):
     concurrency = 1
 
     def __init__(self, model=None, tokenizer=None, *, model_id: str, max_new_tokens: int | None = None,
-                 loader: Callable[[], tuple] | None = None, threads: int | None = None):
+                 loader: Callable[[], tuple] | None = None, threads: int | None = None,
+                 max_input_tokens: int | None = None, context_reader: Callable[[], int | None] | None = None):
         """``model`` + ``tokenizer``, or a ``loader`` returning them, called on first use.
-        ``threads``: torch's CPU thread count (process-wide), set at load; None leaves torch's default."""
+        ``threads``: torch's CPU thread count (process-wide), set at load; None leaves torch's default.
+        ``max_input_tokens``: the prompt limit (None: the model's context minus max_new_tokens,
+        read by ``context_reader`` without loading the weights, or from the loaded model)."""
         if (model is None or tokenizer is None) and loader is None:
             raise ValueError("LocalBackend needs a model and a tokenizer, or a loader that returns them")
         self._model = model
@@ -84,6 +110,8 @@ class LocalBackend(Backend):
         self.threads = threads
         self.model_id = model_id
         self.max_new_tokens = max_new_tokens
+        self.max_input_tokens = max_input_tokens
+        self._context_reader = context_reader
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._vocab: TokenTexts | None = None  # token texts for constrained decoding, built on first use
@@ -105,7 +133,9 @@ class LocalBackend(Backend):
                 tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer)
             return model, tokenizer
 
-        return cls(model_id=spec.model_id, max_new_tokens=spec.max_new_tokens, loader=load, threads=threads)
+        return cls(model_id=spec.model_id, max_new_tokens=spec.max_new_tokens, loader=load, threads=threads,
+                   max_input_tokens=spec.max_input_tokens,
+                   context_reader=lambda: read_context_length(spec.model, spec.gguf_file))
 
     def _ensure_loaded(self) -> None:
         with self._load_lock:
@@ -140,6 +170,24 @@ class LocalBackend(Backend):
 
     def count_tokens(self, text: str) -> int | None:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def prompt_text(self, messages) -> str:
+        return self.render(messages)
+
+    async def token_spans(self, text: str) -> list[tuple[int, int]] | None:
+        return tokenizer_spans(self.tokenizer, text, add_special_tokens=False)
+
+    async def input_limit(self, max_new_tokens: int) -> int | None:
+        """``max_input_tokens`` when set, else the model's context minus ``max_new_tokens``."""
+        if self.max_input_tokens is not None:
+            return self.max_input_tokens
+        if self.loaded or self._context_reader is None:
+            context = context_length(self.model.config)
+        else:
+            context = await asyncio.to_thread(self._context_reader)
+        if self.max_new_tokens is not None:
+            max_new_tokens = min(max_new_tokens, self.max_new_tokens)
+        return None if context is None else context - max_new_tokens
 
     # ------------------------------------------------------------------ generate
     async def generate(self, request: GenerateRequest) -> Generation:

@@ -24,13 +24,16 @@ refuses to score.
 
 from __future__ import annotations
 
+import asyncio
+import time
 import json
 
-from builders.endpoints import EndpointSpec, render_chat_prompt
+from builders.endpoints import EndpointSpec, input_limit_from, render_chat_prompt, tokenizer_spans
 from builders.endpoints.gbnf import regex_to_gbnf
 from builders.endpoints.base import Backend, Constraint, EndpointError, GenerateRequest, Generation, ScoreRequest, TokenScore
 from builders.endpoints.http import HttpClient
 
+LIMIT_RETRY_S = 30.0  # a server that did not answer is asked again this much later
 REGEX_FLAVOURS = frozenset({"vllm", "sglang", "tgi", "llamacpp"})
 
 
@@ -75,11 +78,63 @@ class OpenAIBackend(Backend):
         self.http = HttpClient(self.base_url, timeout_s=spec.timeout_s,
                                headers={"Authorization": f"Bearer {token}"} if token else {})
         self._served_model: str | None = spec.model
+        self._context: dict | None = None  # {"tokens": the server's context length or None}, read once
+        self._context_read: asyncio.Future | None = None
+        self._read_at = 0.0  # when that read started
 
     def count_tokens(self, text: str) -> int | None:
         if self.tokenizer is None:
             return None
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def prompt_text(self, messages) -> str:
+        """The judge tokenizer's chat template (what the server applies), else the plain rendering."""
+        return render_chat_prompt(messages, self.tokenizer)
+
+    async def token_spans(self, text: str) -> list[tuple[int, int]] | None:
+        """With ``spec.tokenizer`` only: these servers' tokenize routes (vLLM's, llama.cpp's) give
+        no character offsets to cut a passage at, and they apply their own chat template."""
+        if self.tokenizer is None:
+            return None
+        return tokenizer_spans(self.tokenizer, text, add_special_tokens=False)
+
+    async def input_limit(self, max_new_tokens: int) -> int | None:
+        """``spec.max_input_tokens``, else the context length the server offers minus
+        ``max_new_tokens``: vLLM's ``max_model_len`` in ``GET /v1/models``, llama.cpp's
+        ``n_ctx`` in ``GET /props``. Read once; None when the server offers neither."""
+        if self.spec.max_input_tokens is not None:
+            return self.spec.max_input_tokens
+        if self._context is None:
+            failed_long_ago = self._context_read is not None and self._context_read.done() and time.monotonic() - self._read_at > LIMIT_RETRY_S
+            if self._context_read is None or failed_long_ago or self._context_read.get_loop() is not asyncio.get_running_loop():
+                self._read_at = time.monotonic()
+                self._context_read = asyncio.ensure_future(self._read_context())  # one read shared by every caller
+            if not await asyncio.shield(self._context_read):
+                return None  # the server did not answer: unknown for now, asked again LIMIT_RETRY_S later
+        if self.spec.max_new_tokens is not None:
+            max_new_tokens = min(max_new_tokens, self.spec.max_new_tokens)
+        return input_limit_from(None, self._context["tokens"], max_new_tokens)
+
+    async def _read_context(self) -> bool:
+        """Keep the server's context length; False when it did not answer (a retryable error)."""
+        try:
+            self._context = {"tokens": await self._context_length()}
+        except EndpointError as error:
+            if error.retryable:
+                return False
+            self._context = {"tokens": None}  # no such route: no limit from it
+        return True
+
+    async def _context_length(self) -> int | None:
+        models, _ = await self.http.get("/v1/models")
+        listed = models.get("data") if isinstance(models, dict) else None
+        if isinstance(listed, list) and listed and isinstance(listed[0], dict) and listed[0].get("max_model_len"):
+            return listed[0]["max_model_len"]
+        if self.style == "llamacpp":
+            props, _ = await self.http.get("/props")
+            settings = props.get("default_generation_settings") if isinstance(props, dict) else None
+            return settings.get("n_ctx") if isinstance(settings, dict) else None
+        return None
 
     async def _post(self, route: str, body: dict) -> dict:
         payload, _ = await self.http.post(route, body)

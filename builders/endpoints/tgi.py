@@ -22,10 +22,14 @@ Transports (``EndpointSpec.transport``):
 
 from __future__ import annotations
 
-from builders.endpoints import EndpointSpec, render_chat_prompt
+import asyncio
+import time
+
+from builders.endpoints import EndpointSpec, input_limit_from, render_chat_prompt, tokenizer_spans
 from builders.endpoints.base import Backend, EndpointError, GenerateRequest, Generation, ScoreRequest, TokenScore
 from builders.endpoints.http import HttpClient
 
+LIMIT_RETRY_S = 30.0  # a server that did not answer /info is asked again this much later
 NO_PREFILL_MESSAGE = (
     "TGI returned an empty `prefill`: the server lacks --enable-prefill-logprobs (off by default since TGI 3.0), "
     "so it cannot give log-probabilities of prompt tokens. Restart it with --enable-prefill-logprobs, "
@@ -65,6 +69,9 @@ class TGIBackend(Backend):
         token = spec.api_key()
         self.http = HttpClient(self.url, timeout_s=spec.timeout_s,
                                headers={"Authorization": f"Bearer {token}"} if token else {})
+        self._limits: dict | None = None  # /info's max_input_tokens / max_total_tokens, read once
+        self._limits_read: asyncio.Future | None = None
+        self._read_at = 0.0  # when that read started
         self._hub = None
         if spec.transport == "huggingface_hub":
             from builders.endpoints.tgi_hub import HubTransport
@@ -78,6 +85,35 @@ class TGIBackend(Backend):
         if self.tokenizer is None:
             return None
         return len(self.tokenizer(text, add_special_tokens=True).input_ids)
+
+    def prompt_text(self, messages) -> str:
+        return self.render(messages)
+
+    async def token_spans(self, text: str) -> list[tuple[int, int]] | None:
+        """The judge tokenizer's spans (with the special tokens TGI adds), else ``POST /tokenize``'s."""
+        if self.tokenizer is not None:
+            return tokenizer_spans(self.tokenizer, text, add_special_tokens=True)
+        payload, _ = await self.http.post("/tokenize", {"inputs": text})
+        try:
+            return [(int(t["start"]), int(t["stop"])) for t in payload]
+        except (KeyError, TypeError, ValueError) as error:
+            raise EndpointError("protocol", f"{self.url}/tokenize answered {str(payload)[:300]}") from error
+
+    async def input_limit(self, max_new_tokens: int) -> int | None:
+        """``spec.max_input_tokens``, else ``/info``: min(max_input_tokens, max_total_tokens -
+        max_new_tokens). /info is read once; a server that does not answer it gives None."""
+        if self.spec.max_input_tokens is not None:
+            return self.spec.max_input_tokens
+        if self._limits is None:
+            failed_long_ago = self._limits_read is not None and self._limits_read.done() and time.monotonic() - self._read_at > LIMIT_RETRY_S
+            if self._limits_read is None or failed_long_ago or self._limits_read.get_loop() is not asyncio.get_running_loop():
+                self._read_at = time.monotonic()
+                self._limits_read = asyncio.ensure_future(self._read_limits())  # one read shared by every caller
+            if not await asyncio.shield(self._limits_read):
+                return None  # the server did not answer: unknown for now, asked again LIMIT_RETRY_S later
+        if self.spec.max_new_tokens is not None:
+            max_new_tokens = min(max_new_tokens, self.spec.max_new_tokens)
+        return input_limit_from(self._limits["max_input_tokens"], self._limits["max_total_tokens"], max_new_tokens)
 
     async def _generate(self, prompt: str, parameters: dict) -> tuple[dict, dict]:
         """``(TGI /generate reply, response headers)`` through the configured transport."""
@@ -144,6 +180,18 @@ class TGIBackend(Backend):
         if request.continuation and (not scores or scores[-1].end != len(request.continuation)):
             raise EndpointError("protocol", f"{self.url}: /tokenize offsets do not cover the continuation {request.continuation!r}")
         return scores
+
+    async def _read_limits(self) -> bool:
+        """Keep /info's limits; False when the server did not answer (a retryable error)."""
+        try:
+            info, _ = await self.http.get("/info", timeout_s=min(self.spec.timeout_s, 10.0))
+            info = info if isinstance(info, dict) else {}
+        except EndpointError as error:
+            if error.retryable:
+                return False
+            info = {}  # no /info route (a proxy, an older server): no limit from it
+        self._limits = {k: info.get(k) for k in ("max_input_tokens", "max_total_tokens")}
+        return True
 
     async def info(self) -> dict:
         """``GET /info``: model_id, max_concurrent_requests, max_input_tokens, max_total_tokens, ..."""

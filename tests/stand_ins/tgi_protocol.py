@@ -102,3 +102,24 @@ def cut(text: str, max_new_tokens: int | None, stop: list[str]) -> tuple[str, st
         text = "".join(t for t, _, _ in tokens[:max_new_tokens])
         return text, "length", max_new_tokens
     return text, "eos_token", len(tokens)
+
+
+def info_body(model_id: str, max_concurrent_requests: int, max_input_tokens: int, max_total_tokens: int) -> dict:
+    """TGI's ``GET /info`` reply."""
+    return {
+        "model_id": model_id, "model_sha": None, "model_pipeline_tag": "text-generation",
+        "max_concurrent_requests": max_concurrent_requests, "max_best_of": 2,
+        "max_stop_sequences": 4, "max_input_tokens": max_input_tokens,
+        "max_total_tokens": max_total_tokens, "validation_workers": 2,
+        "max_client_batch_size": 4, "router": "text-generation-router", "version": "3.3.6-stand-in",
+    }
+
+
+def too_long(prompt_tokens: int, max_new_tokens: int, max_input_tokens: int, max_total_tokens: int) -> str | None:
+    """TGI's input validation: the 422 message for a prompt over the limits, None when it fits."""
+    if prompt_tokens > max_input_tokens:
+        return f"Input validation error: `inputs` must have less than {max_input_tokens} tokens. Given: {prompt_tokens}"
+    if prompt_tokens + max_new_tokens > max_total_tokens:
+        return (f"Input validation error: `inputs` tokens + `max_new_tokens` must be <= {max_total_tokens}. "
+                f"Given: {prompt_tokens} `inputs` tokens and {max_new_tokens} `max_new_tokens`")
+    return None

@@ -10,7 +10,11 @@ generated text; a ``dict`` is ``{"text": ..., "finish_reason": ...}``). ``prompt
 gives the prompt text of any route so a responder can replay recorded answers by matching the
 query in it. Faults (429 overloaded, 503, 422, delays past the client's timeout, garbage text,
 a non-JSON body, a dropped connection) are scripted per request index or per matching prompt.
-Every request is recorded in ``server.requests`` (to assert that no call was paid twice).
+Every POST is recorded in ``server.requests`` (to assert that no call was paid twice; fault
+indices count them); GETs (``/info``, ``/health``, ``/v1/models``: reads, never paid) go to
+``server.reads``. Prompts over ``max_input_tokens`` (or with ``max_new_tokens`` over
+``max_total_tokens``) earn TGI's 422, on every generation route; ``max_model_len`` (vLLM) is
+offered in ``/v1/models`` when set.
 
 Tokens are a deterministic stand-in: ``\\s?\\w+``, ``\\s?<punct>`` or a whitespace run; ids are
 crc32-based; each token's log-probability is ``logprob_fn(token_text, position)``
@@ -44,9 +48,11 @@ from tests.stand_ins.tgi_protocol import (  # noqa: F401 - re-exported for tests
     RecordedRequest,
     cut,
     default_logprob,
+    info_body,
     prompt_of,
     token_id,
     tokenize,
+    too_long,
 )
 from tests.stand_ins.openai_routes import OpenAIRoutes
 
@@ -66,6 +72,7 @@ class TGIStandIn:
         max_concurrent_requests: int = 128,
         max_input_tokens: int = 4096,
         max_total_tokens: int = 8192,
+        max_model_len: int | None = None,
     ):
         self.responder = responder or (lambda request: "stand-in answer")
         if isinstance(faults, dict):
@@ -79,7 +86,9 @@ class TGIStandIn:
         self.max_concurrent_requests = max_concurrent_requests
         self.max_input_tokens = max_input_tokens
         self.max_total_tokens = max_total_tokens
+        self.max_model_len = max_model_len
         self.requests: list[RecordedRequest] = []
+        self.reads: list[RecordedRequest] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -142,8 +151,9 @@ class TGIStandIn:
     def _record(self, method: str, path: str, body: dict | None, headers: dict) -> tuple[RecordedRequest, Fault | None]:
         prompt = prompt_of(body) if body is not None else None
         with self._lock:
-            record = RecordedRequest(len(self.requests), method, path, body, prompt, headers)
-            self.requests.append(record)
+            recorded = self.requests if method == "POST" else self.reads
+            record = RecordedRequest(len(recorded), method, path, body, prompt, headers)
+            recorded.append(record)
             fault = None
             if method == "POST":
                 for rule in self.faults:
@@ -230,15 +240,13 @@ class _Handler(OpenAIRoutes, BaseHTTPRequestHandler):
         if self.path == "/health":
             self._send(200, b"")
         elif self.path == "/info":
-            self._send(200, {
-                "model_id": stand_in.model_id, "model_sha": None, "model_pipeline_tag": "text-generation",
-                "max_concurrent_requests": stand_in.max_concurrent_requests, "max_best_of": 2,
-                "max_stop_sequences": 4, "max_input_tokens": stand_in.max_input_tokens,
-                "max_total_tokens": stand_in.max_total_tokens, "validation_workers": 2,
-                "max_client_batch_size": 4, "router": "text-generation-router", "version": "3.3.6-stand-in",
-            })
+            self._send(200, info_body(stand_in.model_id, stand_in.max_concurrent_requests, stand_in.max_input_tokens,
+                                      stand_in.max_total_tokens))
         elif self.path == "/v1/models":
-            self._send(200, {"object": "list", "data": [{"id": stand_in.model_id, "object": "model", "owned_by": "stand-in"}]})
+            model = {"id": stand_in.model_id, "object": "model", "owned_by": "stand-in"}
+            if stand_in.max_model_len is not None:
+                model["max_model_len"] = stand_in.max_model_len
+            self._send(200, {"object": "list", "data": [model]})
         else:
             self._send(404, {"error": f"no route GET {self.path}", "error_type": "not_found"})
 
@@ -305,13 +313,7 @@ class _Handler(OpenAIRoutes, BaseHTTPRequestHandler):
         return ([(bos, 0, 0)] if special and bos else []) + tokens
 
     def _too_long(self, prompt_tokens: int, max_new_tokens: int) -> str | None:
-        stand_in = self.server_ref
-        if prompt_tokens > stand_in.max_input_tokens:
-            return f"Input validation error: `inputs` must have less than {stand_in.max_input_tokens} tokens. Given: {prompt_tokens}"
-        if prompt_tokens + max_new_tokens > stand_in.max_total_tokens:
-            return (f"Input validation error: `inputs` tokens + `max_new_tokens` must be <= {stand_in.max_total_tokens}. "
-                    f"Given: {prompt_tokens} `inputs` tokens and {max_new_tokens} `max_new_tokens`")
-        return None
+        return too_long(prompt_tokens, max_new_tokens, self.server_ref.max_input_tokens, self.server_ref.max_total_tokens)
 
     # ------------------------------------------------------------- routes
     def _generate(self, body: dict, fault: Fault | None) -> int:

@@ -76,7 +76,7 @@ def test_model_name_from_v1_models_when_not_given(tgi_stand_in):
     server = tgi_stand_in(lambda request: "ok", model_id="served-judge")
     backend = make_backend(EndpointSpec(kind="openai", url=server.url))
     call(backend, lambda: backend.generate(GenerateRequest(messages=MESSAGES)))
-    assert server.requests[0].path == "/v1/models" and server.requests[1].body["model"] == "served-judge"
+    assert server.reads[0].path == "/v1/models" and server.requests[0].body["model"] == "served-judge"
 
 
 @pytest.mark.parametrize("fault, kind, retryable", [(OVERLOADED, "overloaded", True), (VALIDATION, "validation", False)])

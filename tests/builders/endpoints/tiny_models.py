@@ -33,7 +33,7 @@ def build_tiny_model(folder: Path, arch: str = "qwen2", seed: int = 0) -> Path:
                                         bos_token=None, unk_token=None)
     tokenizer.chat_template = CHAT_TEMPLATE
     common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
                   tie_word_embeddings=True)
     config = Qwen2Config(**common) if arch == "qwen2" else LlamaConfig(**common)
