@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx2  # noqa: E402
 
-from bench.simulator import SimulatorConfig, SimulatorProcess  # noqa: E402
+from bench.simulator import OCCUPANCY_BIN_S, SimulatorConfig, SimulatorProcess  # noqa: E402
 from builders.annotate import FLEET_RETRY, Annotator, RetryPolicy  # noqa: E402
 from builders.endpoints import EndpointSpec  # noqa: E402
 from builders.endpoints.base import GenerateRequest  # noqa: E402
@@ -262,15 +262,35 @@ def loop_lag_ms(samples: int = 40, sleep_s: float = 0.01) -> float:
     return asyncio.run(measure())
 
 
+def where_capacity_went(result: Result, scenario: Scenario) -> str:
+    """From the simulators' occupancy bins: the client's start-up, how full the slots were
+    mid-run (the middle 80 % of the span), and the drain at the end."""
+    servers = result.extra.get("servers") or []
+    firsts = [s["first_at"] for s in servers if s.get("first_at") is not None]
+    if not firsts or "client_started" not in result.extra:
+        return ""
+    busy, slot_s = 0.0, 0.0
+    for server, config in zip(servers, scenario.servers):
+        bins = server["occupancy"]
+        middle = bins[len(bins) // 10: len(bins) - len(bins) // 10] if len(bins) >= 10 else bins
+        busy += sum(middle)
+        slot_s += len(middle) * OCCUPANCY_BIN_S * config.slots
+    end = max(s["last_at"] for s in servers if s.get("last_at") is not None)
+    return (f"start-up {min(firsts) - result.extra['client_started']:.2f} s, slots busy {busy / slot_s:.1%} mid-run, "
+            f"last answer {end - min(firsts):.2f} s after the first request")
+
+
 def render(results: list[Result], all_scenarios: dict[str, Scenario]) -> str:
     lines = [f"{'scenario':<9}{'client':<14}{'requests':>9}{'answered':>9}{'lost':>6}{'wall s':>8}"
              f"{'req/s':>9}{'capacity':>10}{'share':>7}{'span sh.':>9}{'CPU ms/req':>11}  goal"]
     for r in results:
         goal = all_scenarios[r.scenario].goal_share
         verdict = ""
-        if r.client.startswith("builder"):
+        if r.client == "builder":
             met = r.lost == 0 and (goal is None or r.share >= goal)
             verdict = f"{'>= ' + format(goal, '.2f') + ' share, ' if goal else ''}0 lost: {'MET' if met else 'NOT MET'}"
+        elif r.client == "builder-hub":
+            verdict = "(the optional huggingface_hub transport, for comparison)"
         lines.append(f"{r.scenario:<9}{r.client:<14}{r.requests:>9}{r.answered:>9}{r.lost:>6}{r.wall_s:>8.2f}"
                      f"{r.requests_per_s:>9.1f}{r.capacity:>10.1f}{r.share:>7.3f}{r.span_share:>9.3f}{r.cpu_ms_per_request:>11.2f}  {verdict}")
     return "\n".join(lines)
@@ -304,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
             print(f"  {client:<13} {result.answered}/{n} answered in {result.wall_s:.2f} s, share {result.share:.3f}, "
                   f"lost {result.lost}, {result.cpu_ms_per_request:.2f} CPU ms/request", flush=True)
+            if client.startswith("builder"):
+                print(f"  {'':<13} {where_capacity_went(result, scenario)}", flush=True)
     print()
     print(render(results, all_scenarios))
     load = os.getloadavg()
@@ -313,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "span_share": r.span_share}
                                              for r in results], indent=1))
     builder_ok = all(r.lost == 0 and (all_scenarios[r.scenario].goal_share is None or r.share >= all_scenarios[r.scenario].goal_share)
-                     for r in results if r.client.startswith("builder"))
+                     for r in results if r.client == "builder")
     return 0 if builder_ok else 1
 
 

@@ -7,17 +7,23 @@ serve the same judge. For each endpoint it keeps an in-flight limit:
   then also the ceiling; otherwise at ``FleetConfig.default_limit`` under ``max_limit``;
 - it adapts by AIMD: +1 per success while below the slow-start threshold, then +1 per
   ``limit`` successes (additive increase), but only while the limit is what holds requests
-  back; a 429, or an ``x-queue-time`` that rises past ``queue_slack_ms`` and
-  ``queue_ratio`` x the inference time, multiplies it by ``decrease`` (once per round trip:
-  requests sent before the last cut do not cut again).
+  back. A 429 on a call sent with k of ours in flight means the server holds at most k - 1 for
+  us: the first 429 after a round trip of answers steps the limit down to that edge; another
+  within a round trip of the cut (others take slots too), or an ``x-queue-time`` that rises
+  past ``queue_slack_ms`` and ``queue_ratio`` x the inference time, multiplies it by
+  ``decrease``. One cut per round trip: calls sent before the last cut do not cut again.
 
 Each call goes to the least-loaded healthy endpoint (in-flight / limit) with a free slot, or
 waits, first come first served, for one. A call that meets a 429 is re-sent (the cut limit
-decides where; an endpoint full of other clients' calls counts as tried); one that meets a 5xx, a timeout, a dropped connection or a protocol error is
-moved to an endpoint it has not tried yet. Neither counts as a failed attempt for the caller
-while capacity exists elsewhere; when none does (every endpoint tried, dead, or
-``max_moves`` re-sends spent) the last error surfaces to the caller, whose retry path
-(``builders.annotate``) backs off and tries again. A 422 is never moved: the request is wrong.
+decides where; an endpoint full of other clients' calls counts as tried). One that meets a
+5xx, a timeout, a dropped connection or a protocol error is moved to an endpoint it has not
+tried, or back to one it has once that endpoint has answered another call since (proof of
+life: a failure beside successes is transient, and waiting for the caller's backoff would
+only idle the slot). Neither counts as a failed attempt for the caller while capacity exists
+elsewhere; when none does (every endpoint tried and none with a call of ours in flight that
+could prove it alive, dead, or ``max_moves`` re-sends spent) the last error surfaces to the
+caller, whose retry path (``builders.annotate``) backs off and tries again. A 422 is never
+moved: the request is wrong.
 
 An endpoint is dead when ``dead_after`` consecutive attempts failed and no call sent before
 the first of them is still being served (fast 503s beside slow answers are not death). A dead
@@ -34,99 +40,19 @@ import math
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, field
-
 import aiohttp
 
 from builders.endpoints import EndpointSpec, make_backend
 from builders.endpoints.base import Backend, EndpointError, GenerateRequest, Generation, ScoreRequest, TokenScore
-
-
-@dataclass
-class FleetConfig:
-    default_limit: int = 8  # starting in-flight limit of an endpoint without /info
-    max_limit: int = 512  # ceiling of an endpoint without /info
-    decrease: float = 0.8  # multiplicative decrease on 429 / rising queue time
-    queue_slack_ms: float = 100.0  # queue time tolerated before it counts as congestion ...
-    queue_ratio: float = 0.5  # ... when it is also above this share of the inference time
-    dead_after: int = 8  # consecutive failed attempts that mark an endpoint dead
-    max_moves: int = 16  # re-sends inside the fleet per call before the error surfaces
-    concurrency: int = 1024  # calls a caller should have in flight: the fleet queues them for slots
-    probe_first_s: float = 0.5  # backoff of the /health probe of a dead endpoint ...
-    probe_max_s: float = 30.0  # ... doubling up to this
-    probe_timeout_s: float = 5.0
-
-
-@dataclass
-class FleetEndpoint:
-    """One member: the backend, and the server's base URL for /info and /health (None: local)."""
-
-    backend: Backend
-    url: str | None = None
-    name: str | None = None
-    default_limit: int | None = None  # starting limit without /info (None: FleetConfig.default_limit)
-
-
-@dataclass
-class EndpointStats:
-    """What one endpoint did (the cost ledger reads these)."""
-
-    name: str
-    url: str | None
-    limit: float
-    ceiling: float
-    info_limit: int | None  # /info's max_concurrent_requests, when offered
-    healthy: bool
-    max_input_tokens: int | None = None  # /info's max_input_tokens, when offered
-    in_flight: int = 0
-    max_in_flight: int = 0
-    attempts: int = 0  # calls sent
-    succeeded: int = 0
-    overloaded: int = 0  # 429s
-    failed: int = 0  # other failed attempts (5xx, timeouts, connections, protocol, validation)
-    moved: int = 0  # failed attempts re-sent elsewhere inside the fleet (never seen by the caller)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    busy_s: float = 0.0  # sum of attempt durations
-    decreases: int = 0
-    deaths: int = 0
-    rejoins: int = 0
-    failures_by_kind: dict = field(default_factory=dict)
-    last_error: str = ""
-
-
-class _Member:
-    def __init__(self, index: int, endpoint: FleetEndpoint, config: FleetConfig):
-        self.index = index
-        self.backend = endpoint.backend
-        self.url = endpoint.url.rstrip("/") if endpoint.url else None
-        if self.url and self.url.endswith("/v1"):
-            self.url = self.url[: -len("/v1")]
-        name = endpoint.name or self.url or f"{type(endpoint.backend).__name__}-{index}"
-        self.stats = EndpointStats(name=name, url=self.url, limit=float(config.default_limit),
-                                   ceiling=float(config.max_limit), info_limit=None, healthy=True)
-        self.default_limit = endpoint.default_limit or config.default_limit
-        self.threshold = math.inf  # slow-start threshold
-        self.decreased_at = -math.inf
-        self.consecutive_failures = 0
-        self.streak_started = 0.0  # when the current run of failures began
-        self.sent: dict[int, float] = {}  # ticket -> send time of each call in flight
-        self.probe: asyncio.Task | None = None
-
-    @property
-    def free(self) -> int:
-        return max(1, math.floor(self.stats.limit)) - self.stats.in_flight
-
-    @property
-    def load(self) -> float:
-        return self.stats.in_flight / self.stats.limit
-
-
-@dataclass
-class _Waiter:
-    future: asyncio.Future
-    tried: set
-    last_error: EndpointError | None
+from builders.fleet_members import (  # noqa: F401 - re-exported: callers import them from here
+    EndpointStats,
+    FleetConfig,
+    FleetEndpoint,
+    FleetMember,
+    QueuedCall,
+    probe_health,
+    probe_info,
+)
 
 
 class Fleet(Backend):
@@ -134,11 +60,11 @@ class Fleet(Backend):
         if not endpoints:
             raise ValueError("a fleet needs at least one endpoint")
         self.config = config or FleetConfig()
-        self.members = [_Member(i, e, self.config) for i, e in enumerate(endpoints)]
+        self.members = [FleetMember(i, e, self.config) for i, e in enumerate(endpoints)]
         self.concurrency = self.config.concurrency
         self.model_id = model_id or endpoints[0].backend.model_id
         self.supports_constraint = frozenset.intersection(*(frozenset(e.backend.supports_constraint) for e in endpoints))
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: deque[QueuedCall] = deque()
         self._started: asyncio.Task | None = None
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -214,7 +140,7 @@ class Fleet(Backend):
             self._session = aiohttp.ClientSession(timeout=timeout)
         return self._session
 
-    async def _read_info(self, member: _Member) -> None:
+    async def _read_info(self, member: FleetMember) -> None:
         """Limits from ``/info`` at start; an endpoint that does not answer starts dead."""
         try:
             offered = await self._read_info_fields(member)
@@ -224,7 +150,7 @@ class Fleet(Backend):
             return
         self._set_limits(member, offered)
 
-    async def _read_info_fields(self, member: _Member) -> int | None:
+    async def _read_info_fields(self, member: FleetMember) -> int | None:
         """``/info``'s ``max_concurrent_requests`` (None: not offered); keeps ``max_input_tokens``
         in the stats. Connection failures raise."""
         if member.url is None:
@@ -235,7 +161,7 @@ class Fleet(Backend):
         offered = info.get("max_concurrent_requests")
         return offered if isinstance(offered, int) and offered > 0 else None
 
-    def _set_limits(self, member: _Member, offered: int | None) -> None:
+    def _set_limits(self, member: FleetMember, offered: int | None) -> None:
         stats, config = member.stats, self.config
         stats.info_limit = offered
         stats.limit = float(offered or member.default_limit)
@@ -245,9 +171,9 @@ class Fleet(Backend):
     # --- routing ----------------------------------------------------------------------------
     async def _route(self, call):
         await self.start()
-        tried: set[int] = set()
+        tried: dict[int, int] = {}  # endpoint -> its success count when this call failed there
         last_error: EndpointError | None = None
-        previous: _Member | None = None
+        previous: FleetMember | None = None
         for attempt in range(self.config.max_moves + 1):
             member = await self._acquire(tried, last_error)
             if previous is not None:
@@ -255,33 +181,48 @@ class Fleet(Backend):
             sent = time.monotonic()
             ticket = next(self._tickets)
             member.sent[ticket] = sent
+            in_flight_at_send = member.stats.in_flight
             try:
                 result = await call(member.backend)
             except EndpointError as error:
                 self._release(member, ticket)
-                self._on_failure(member, error, sent)
+                self._on_failure(member, error, sent, in_flight_at_send)
                 if error.kind == "validation" or attempt == self.config.max_moves:
                     raise
                 last_error, previous = error, member
                 if error.kind != "overloaded" or member.stats.in_flight == 0:
-                    tried.add(member.index)  # a 429 with none of ours in flight: others fill it
+                    tried[member.index] = member.stats.succeeded  # a 429 with none of ours in flight: others fill it
+                self._fail_waiters()  # this endpoint may have been the last hope of a waiting call
                 continue
             except BaseException:
                 self._release(member, ticket)
                 raise
-            self._release(member, ticket)
-            self._on_success(member, result, sent)
+            self._on_success(member, result, sent)  # counted before the slot is handed on: a waiter
+            self._release(member, ticket)  # that failed here before may take it (proof of life)
             return result
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _acquire(self, tried: set, last_error: EndpointError | None) -> _Member:
+    @staticmethod
+    def _eligible(member: FleetMember, tried: dict[int, int]) -> bool:
+        """May take this call now: healthy, and either not tried yet or it has answered another
+        call since this one failed there (a failure beside successes is transient)."""
+        if not member.stats.healthy:
+            return False
+        failed_at = tried.get(member.index)
+        return failed_at is None or member.stats.succeeded > failed_at
+
+    def _may_serve(self, member: FleetMember, tried: dict[int, int]) -> bool:
+        """Eligible now, or may become so: a call of ours still in flight there can prove it alive."""
+        return self._eligible(member, tried) or (member.stats.healthy and member.stats.in_flight > 0)
+
+    async def _acquire(self, tried: dict[int, int], last_error: EndpointError | None) -> FleetMember:
         member = self._pick(tried)
         if member is not None:
             self._take(member)
             return member
-        if not any(m.stats.healthy and m.index not in tried for m in self.members):
-            raise self._no_endpoint_error(tried, last_error)
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), tried, last_error)
+        if not any(self._may_serve(m, tried) for m in self.members):
+            raise self._no_endpoint_error(last_error)
+        waiter = QueuedCall(asyncio.get_running_loop().create_future(), tried, last_error)
         self._waiters.append(waiter)
         try:
             return await waiter.future
@@ -290,23 +231,23 @@ class Fleet(Backend):
                 self._release(waiter.future.result(), None)  # handed a slot, then cancelled
             raise
 
-    def _pick(self, tried: set) -> _Member | None:
-        """The least-loaded healthy endpoint with a free slot (ties: the one with more free)."""
+    def _pick(self, tried: dict[int, int]) -> FleetMember | None:
+        """The least-loaded eligible endpoint with a free slot (ties: the one with more free)."""
         best = None
         for member in self.members:
-            if not member.stats.healthy or member.index in tried or member.free <= 0:
+            if member.free <= 0 or not self._eligible(member, tried):
                 continue
             if best is None or (member.load, -member.free) < (best.load, -best.free):
                 best = member
         return best
 
-    def _take(self, member: _Member) -> None:
+    def _take(self, member: FleetMember) -> None:
         stats = member.stats
         stats.in_flight += 1
         stats.attempts += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
 
-    def _release(self, member: _Member, ticket: int | None) -> None:
+    def _release(self, member: FleetMember, ticket: int | None) -> None:
         member.stats.in_flight -= 1
         if ticket is not None:
             member.stats.busy_s += time.monotonic() - member.sent.pop(ticket)
@@ -314,7 +255,7 @@ class Fleet(Backend):
 
     def _dispatch(self) -> None:
         """Hand free slots to waiters in arrival order (a waiter skips endpoints it tried)."""
-        skipped: list[_Waiter] = []
+        skipped: list[QueuedCall] = []
         while self._waiters and any(m.stats.healthy and m.free > 0 for m in self.members):
             waiter = self._waiters.popleft()
             if waiter.future.done():
@@ -329,17 +270,17 @@ class Fleet(Backend):
 
     def _fail_waiters(self) -> None:
         """Waiters left with no healthy endpoint they have not tried get the error now."""
-        kept: deque[_Waiter] = deque()
+        kept: deque[QueuedCall] = deque()
         for waiter in self._waiters:
             if waiter.future.done():
                 continue
-            if self._closed or not any(m.stats.healthy and m.index not in waiter.tried for m in self.members):
-                waiter.future.set_exception(self._no_endpoint_error(waiter.tried, waiter.last_error))
+            if self._closed or not any(self._may_serve(m, waiter.tried) for m in self.members):
+                waiter.future.set_exception(self._no_endpoint_error(waiter.last_error))
             else:
                 kept.append(waiter)
         self._waiters = kept
 
-    def _no_endpoint_error(self, tried: set, last_error: EndpointError | None) -> EndpointError:
+    def _no_endpoint_error(self, last_error: EndpointError | None) -> EndpointError:
         if last_error is not None and not self._closed:
             return last_error
         dead = [m.stats.name for m in self.members if not m.stats.healthy]
@@ -347,7 +288,7 @@ class Fleet(Backend):
         return EndpointError("connection", f"{what}; dead endpoints are probed and rejoin when /health answers")
 
     # --- AIMD and health --------------------------------------------------------------------
-    def _on_success(self, member: _Member, result, sent: float) -> None:
+    def _on_success(self, member: FleetMember, result, sent: float) -> None:
         stats = member.stats
         stats.succeeded += 1
         member.consecutive_failures = 0
@@ -359,27 +300,48 @@ class Fleet(Backend):
             if queue_ms is not None and queue_ms > max(self.config.queue_slack_ms, self.config.queue_ratio * (inference_ms or 0)):
                 self._decrease(member, sent)
                 return
-        if stats.in_flight + 1 < math.floor(stats.limit):
+        if stats.in_flight < math.floor(stats.limit):  # (this call is still counted in flight)
             return  # the limit did not hold anything back: no evidence it should grow
         step = 1.0 if stats.limit < member.threshold else 1.0 / stats.limit
         stats.limit = min(stats.ceiling, stats.limit + step)
         self._dispatch()
 
-    def _decrease(self, member: _Member, sent: float) -> None:
+    def _decrease(self, member: FleetMember, sent: float, to: float | None = None) -> None:
+        """Multiplicative decrease (or down to ``to`` when that is lower), once per round trip."""
         if sent <= member.decreased_at:
             return  # already cut for this round trip
         stats = member.stats
-        stats.limit = max(1.0, stats.limit * self.config.decrease)
-        member.threshold = stats.limit
-        member.decreased_at = time.monotonic()
-        stats.decreases += 1
+        stats.limit = max(1.0, stats.limit * self.config.decrease if to is None else min(to, stats.limit * self.config.decrease))
+        self._cut_done(member)
 
-    def _on_failure(self, member: _Member, error: EndpointError, sent: float) -> None:
+    def _cut_done(self, member: FleetMember) -> None:
+        member.threshold = member.stats.limit
+        member.decreased_at = time.monotonic()
+        member.succeeded_at_cut = member.stats.succeeded
+        member.stats.decreases += 1
+
+    def _on_overloaded(self, member: FleetMember, sent: float, in_flight_at_send: int) -> None:
+        """A 429: the server held no slot for a call sent with ``in_flight_at_send`` of ours in
+        flight (this one included), so it holds at most one fewer for us now. The first 429 after
+        a round trip of answers marks that edge: the limit steps down to it (a multiplicative
+        cut would leave slots idle until additive increase climbs back). A 429 again within a
+        round trip of the last cut means others take slots too: a multiplicative cut."""
+        if sent <= member.decreased_at:
+            return  # already cut for this round trip
+        stats = member.stats
+        edge = max(1.0, in_flight_at_send - 1.0)
+        if stats.succeeded - member.succeeded_at_cut >= stats.limit:
+            stats.limit = max(1.0, min(stats.limit, edge))
+            self._cut_done(member)
+        else:
+            self._decrease(member, sent, to=edge)
+
+    def _on_failure(self, member: FleetMember, error: EndpointError, sent: float, in_flight_at_send: int) -> None:
         stats = member.stats
         stats.failures_by_kind[error.kind] = stats.failures_by_kind.get(error.kind, 0) + 1
         if error.kind == "overloaded":
             stats.overloaded += 1
-            self._decrease(member, sent)
+            self._on_overloaded(member, sent, in_flight_at_send)
             return
         stats.failed += 1
         if error.kind == "validation":
@@ -393,7 +355,7 @@ class Fleet(Backend):
             return  # calls sent before the failures began are still being served: it is alive
         self._mark_dead(member, error)
 
-    def _mark_dead(self, member: _Member, error: EndpointError) -> None:
+    def _mark_dead(self, member: FleetMember, error: EndpointError) -> None:
         member.stats.healthy = False
         member.stats.deaths += 1
         member.stats.last_error = str(error)
@@ -401,7 +363,7 @@ class Fleet(Backend):
             member.probe = asyncio.ensure_future(self._probe_until_back(member))
         self._fail_waiters()
 
-    async def _probe_until_back(self, member: _Member) -> None:
+    async def _probe_until_back(self, member: FleetMember) -> None:
         delay = self.config.probe_first_s
         while True:
             await asyncio.sleep(delay * self._random.uniform(0.8, 1.2))
@@ -426,30 +388,3 @@ class Fleet(Backend):
         member.stats.healthy = True
         member.stats.rejoins += 1
         self._dispatch()
-
-
-async def probe_info(session: aiohttp.ClientSession, url: str) -> dict | None:
-    """``GET {url}/info`` as a dict, or None when the server has no such route (OpenAI-compatible
-    servers answer 404). Connection failures raise."""
-    async with session.get(f"{url}/info") as response:
-        if response.status != 200:
-            return None
-        try:
-            body = await response.json(content_type=None)
-        except ValueError:
-            return None
-        return body if isinstance(body, dict) else None
-
-
-async def probe_health(session: aiohttp.ClientSession, url: str) -> bool:
-    """True when ``GET {url}/health`` (or, for servers without it, ``/v1/models``) answers 200."""
-    for route in ("/health", "/v1/models"):
-        try:
-            async with session.get(f"{url}{route}") as response:
-                if response.status == 200:
-                    return True
-                if response.status != 404:
-                    return False
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            return False
-    return False

@@ -52,12 +52,47 @@ def test_pick_is_least_loaded_with_a_free_slot():
     loads = [(6, 10.0), (3, 4.0), (5, 20.0)]  # in flight / limit: 0.6, 0.75, 0.25
     for member, (in_flight, limit) in zip(fleet.members, loads):
         member.stats.in_flight, member.stats.limit = in_flight, limit
-    assert fleet._pick(set()).index == 2
-    assert fleet._pick({2}).index == 0
+    assert fleet._pick({}).index == 2
+    assert fleet._pick({2: 0}).index == 0
     fleet.members[0].stats.in_flight = 10  # full
-    assert fleet._pick({2}).index == 1
+    assert fleet._pick({2: 0}).index == 1
     fleet.members[1].stats.healthy = False
-    assert fleet._pick({2}) is None
+    assert fleet._pick({2: 0}) is None
+    fleet.members[2].stats.succeeded = 1  # it answered another call since this one failed there
+    assert fleet._pick({2: 0}).index == 2
+
+
+def test_a_429_steps_the_limit_down_to_the_edge_then_cuts_if_it_repeats():
+    fleet = Fleet([FleetEndpoint(_Idle())], FleetConfig(default_limit=10, decrease=0.5))
+    member = fleet.members[0]
+    member.stats.limit = 12.0
+    fleet._on_overloaded(member, sent=time.monotonic(), in_flight_at_send=9)  # 8 held, the 9th refused
+    assert member.stats.limit == 8.0 and member.threshold == 8.0
+    fleet._on_overloaded(member, sent=member.decreased_at - 1, in_flight_at_send=8)
+    assert member.stats.limit == 8.0  # sent before the cut: the same round trip, no second cut
+    member.stats.succeeded += 3  # fewer than a limit's worth of answers since the cut ...
+    fleet._on_overloaded(member, sent=time.monotonic(), in_flight_at_send=8)
+    assert member.stats.limit == 4.0  # ... so others take slots too: multiplicative (0.5 x 8 < edge 7)
+    member.stats.succeeded += 4  # a round trip of answers later, a 429 marks the edge again
+    fleet._on_overloaded(member, sent=time.monotonic(), in_flight_at_send=4)
+    assert member.stats.limit == 3.0 and member.stats.decreases == 3
+
+
+def test_a_transient_5xx_is_resent_to_the_same_endpoint_once_it_answers_others():
+    """One endpoint, 20 % injected 503s: the fleet re-sends each failed call there after the
+    endpoint proves alive, so the caller sees no error and never has to back off."""
+    with Simulator(SimulatorConfig(slots=8, service_s=0.01, fail_rate=0.2, seed=3)) as sim:
+        async def run():
+            fleet = fleet_of(sim.urls)
+            answers = await call_many(fleet, 300, attempts=1)  # no caller retries at all
+            await fleet.aclose()
+            return fleet.stats()[0], answers
+        stats, answers = asyncio.run(run())
+        server = sim.stats()[0]
+    assert server.injected > 30
+    errors = [a for a in answers if not isinstance(a, Generation)]
+    assert len(errors) <= 2  # only a call failing while nothing else was in flight may surface
+    assert stats.moved >= server.injected - len(errors) and stats.deaths == 0
 
 
 def test_limits_start_from_info_and_traffic_follows_capacity():
