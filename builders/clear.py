@@ -270,6 +270,8 @@ async def _score(queries: list[_Query], s: ClearSettings, backend: Backend, stor
         if key not in accounted:
             accounted.add(key)
             result.count(q.row.subset, "judge_calls", outcome.judgment.attempts)
+            result.count(q.row.subset, "prompt_tokens", outcome.judgment.prompt_tokens or 0)
+            result.count(q.row.subset, "completion_tokens", outcome.judgment.completion_tokens or 0)
         cs = None
         if outcome.tokens is not None:
             try:

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 
 from builders.endpoints import EndpointSpec, render_chat_prompt, tokenizer_spans
-from builders.endpoints.base import Backend, GenerateRequest, Generation, ScoreRequest, TokenScore
+from builders.endpoints.base import Backend, GenerateRequest, Generation, Scored, ScoreRequest, TokenScore
 from builders.endpoints.constrained import TokenTexts, eos_ids, generate_with_regex, vocab_size
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -245,16 +245,17 @@ class LocalBackend(Backend):
                           completion_tokens=completion, meta=meta)
 
     # ------------------------------------------------------------------ score
-    async def score(self, request: ScoreRequest) -> list[TokenScore]:
+    async def score(self, request: ScoreRequest) -> Scored:
         return await asyncio.to_thread(self._score_locked, request)
 
-    def _score_locked(self, request: ScoreRequest) -> list[TokenScore]:
+    def _score_locked(self, request: ScoreRequest) -> Scored:
         with self._lock:
             return self._score(request)
 
     @torch.no_grad()
-    def _score(self, request: ScoreRequest) -> list[TokenScore]:
-        """Exact log-softmax of each continuation token given everything before it."""
+    def _score(self, request: ScoreRequest) -> Scored:
+        """Exact log-softmax of each continuation token given everything before it (one
+        forward pass over prompt + continuation: those are its prompt tokens, none generated)."""
         prompt = self.render(request.messages)
         text = prompt + request.continuation
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -267,4 +268,5 @@ class LocalBackend(Backend):
                 continue
             value = logprobs[position - 1, encoded["input_ids"][position]].item()
             scores.append(TokenScore(text[max(begin, start):end], value, max(begin - start, 0), end - start))
-        return scores
+        return Scored(scores, prompt_tokens=len(encoded["input_ids"]), completion_tokens=0,
+                      meta={"device": str(self.model.device)})
