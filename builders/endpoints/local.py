@@ -24,9 +24,10 @@ from typing import Callable
 
 import torch
 
-from builders.endpoints import EndpointSpec, render_chat_prompt, tokenizer_spans
+from builders.endpoints import EndpointSpec, render_chat_prompt
 from builders.endpoints.base import Backend, GenerateRequest, Generation, Scored, ScoreRequest, TokenScore
 from builders.endpoints.constrained import TokenTexts, eos_ids, generate_with_regex, vocab_size
+from builders.endpoints.spans import batched_tokenizer_spans
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -175,7 +176,7 @@ class LocalBackend(Backend):
         return self.render(messages)
 
     async def token_spans(self, text: str) -> list[tuple[int, int]] | None:
-        return tokenizer_spans(self.tokenizer, text, add_special_tokens=False)
+        return await batched_tokenizer_spans(self.tokenizer, text, add_special_tokens=False)
 
     async def input_limit(self, max_new_tokens: int) -> int | None:
         """``max_input_tokens`` when set, else the model's context minus ``max_new_tokens``."""

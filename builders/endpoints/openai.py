@@ -28,10 +28,11 @@ import asyncio
 import time
 import json
 
-from builders.endpoints import EndpointSpec, input_limit_from, render_chat_prompt, tokenizer_spans
+from builders.endpoints import EndpointSpec, input_limit_from, render_chat_prompt
 from builders.endpoints.gbnf import regex_to_gbnf
 from builders.endpoints.base import Backend, Constraint, EndpointError, GenerateRequest, Generation, Scored, ScoreRequest, TokenScore
 from builders.endpoints.http import HttpClient
+from builders.endpoints.spans import batched_tokenizer_spans
 
 LIMIT_RETRY_S = 30.0  # a server that did not answer is asked again this much later
 REGEX_FLAVOURS = frozenset({"vllm", "sglang", "tgi", "llamacpp"})
@@ -96,7 +97,7 @@ class OpenAIBackend(Backend):
         no character offsets to cut a passage at, and they apply their own chat template."""
         if self.tokenizer is None:
             return None
-        return tokenizer_spans(self.tokenizer, text, add_special_tokens=False)
+        return await batched_tokenizer_spans(self.tokenizer, text, add_special_tokens=False)
 
     async def input_limit(self, max_new_tokens: int) -> int | None:
         """``spec.max_input_tokens``, else the context length the server offers minus

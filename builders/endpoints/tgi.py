@@ -25,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from builders.endpoints import EndpointSpec, input_limit_from, render_chat_prompt, tokenizer_spans
+from builders.endpoints import EndpointSpec, input_limit_from, render_chat_prompt
 from builders.endpoints.base import Backend, EndpointError, GenerateRequest, Generation, Scored, ScoreRequest, TokenScore
 from builders.endpoints.http import HttpClient
+from builders.endpoints.spans import batched_tokenizer_spans
 
 LIMIT_RETRY_S = 30.0  # a server that did not answer /info is asked again this much later
 NO_PREFILL_MESSAGE = (
@@ -92,7 +93,7 @@ class TGIBackend(Backend):
     async def token_spans(self, text: str) -> list[tuple[int, int]] | None:
         """The judge tokenizer's spans (with the special tokens TGI adds), else ``POST /tokenize``'s."""
         if self.tokenizer is not None:
-            return tokenizer_spans(self.tokenizer, text, add_special_tokens=True)
+            return await batched_tokenizer_spans(self.tokenizer, text, add_special_tokens=True)
         payload, _ = await self.http.post("/tokenize", {"inputs": text})
         try:
             return [(int(t["start"]), int(t["stop"])) for t in payload]
