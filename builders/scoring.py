@@ -8,8 +8,10 @@ twice, bounded retries with backoff, a concurrency cap, a progress bar.
     scored.ledger  # builders.annotate.Ledger: calls made in this run, answers read from the store, wall time
 
 The ledger counts like the Annotator's: ``calls`` is every backend attempt (retries included),
-``cached`` the keys answered from the store; a score call reports no token counts, so its
-tokens stay 0.
+``cached`` the keys answered from the store, ``prompt_tokens`` / ``completion_tokens`` what the
+calls of THIS run cost (``Backend.score``'s ``Scored``: the whole prompt is prefilled). The
+stored judgment keeps its call's token counts (and the backend's ``meta``), so the card's
+ledger, read from the store, counts them on a resume too.
 
 The stored ``text`` of a scored key is the token list as JSON ``[[text, logprob, start, end], ...]``.
 
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from builders.annotate import Ledger, RetryPolicy
-from builders.endpoints.base import Backend, EndpointError, ScoreRequest, TokenScore
+from builders.endpoints.base import Backend, EndpointError, Scored, ScoreRequest, TokenScore
 from builders.store import Judgment, JudgmentStore, request_sha
 
 
@@ -62,17 +64,22 @@ def tokens_from_json(text: str) -> list[TokenScore]:
 
 
 async def _score_one(backend: Backend, request: ScoreRequest, retry: RetryPolicy, rng: random.Random, ledger: Ledger
-                     ) -> tuple[list[TokenScore] | EndpointError, int]:
+                     ) -> tuple[Scored | EndpointError, int]:
     for attempt in range(1, retry.max_attempts + 1):
         ledger.calls += 1
         try:
             if retry.attempt_timeout_s is not None:
-                return await asyncio.wait_for(backend.score(request), retry.attempt_timeout_s), attempt
-            return await backend.score(request), attempt
+                scored = await asyncio.wait_for(backend.score(request), retry.attempt_timeout_s)
+            else:
+                scored = await backend.score(request)
         except asyncio.TimeoutError:
             error = EndpointError("timeout", f"no answer within attempt_timeout_s={retry.attempt_timeout_s}")
         except EndpointError as caught:
             error = caught
+        else:
+            ledger.prompt_tokens += scored.prompt_tokens or 0
+            ledger.completion_tokens += scored.completion_tokens or 0
+            return scored, attempt
         if error.status is None and not error.retryable:
             raise CannotScore(f"judge {backend.model_id} cannot score given answers: {error.message}") from error
         if not error.retryable or attempt == retry.max_attempts:
@@ -119,8 +126,9 @@ async def score_all(backend: Backend, store: JudgmentStore, items: dict[str, Sco
                                 retryable=answer.retryable, meta={"status": answer.status})
             tokens = None
         else:
-            judgment = Judgment(**base, status="ok", text=tokens_to_json(answer))
-            tokens = answer
+            judgment = Judgment(**base, status="ok", text=tokens_to_json(answer.tokens), prompt_tokens=answer.prompt_tokens,
+                                completion_tokens=answer.completion_tokens, meta=dict(answer.meta))
+            tokens = answer.tokens
         store.put(judgment)  # durable before it counts as done
         out[key] = ScoreOutcome(key, tokens, judgment, paid=True)
         if tokens is None:

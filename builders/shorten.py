@@ -10,7 +10,9 @@ smallest of its members' (a prompt must fit every endpoint it may be moved to). 
 prompt is sent as it is.
 
 Counting uses the judge's tokenizer (``Backend.token_spans``): the recipe's ``tokenizer`` or
-the local model's, else the server's tokenize route (TGI ``POST /tokenize``). A cheap upper
+the local model's, else the server's tokenize route (TGI ``POST /tokenize``); a local tokenizer
+counts the prompts ``fit_all``'s coroutines ask for in one event-loop turn with one batch call
+(``builders.endpoints.spans``, big batches on a worker thread). A cheap upper
 bound (UTF-8 bytes of the plainly rendered prompt, plus an allowance for the chat template's
 tokens: no token is shorter than a byte) settles nearly every prompt first, so prompts that
 clearly fit pay nothing. A prompt that might not fit on a judge that cannot tokenize stops the

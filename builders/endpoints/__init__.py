@@ -31,6 +31,7 @@ from builders.endpoints.base import (
     EndpointError,
     GenerateRequest,
     Generation,
+    Scored,
     ScoreRequest,
     TokenScore,
 )
@@ -178,6 +179,7 @@ __all__ = [
     "EndpointSpec",
     "GenerateRequest",
     "Generation",
+    "Scored",
     "ScoreRequest",
     "error_for_status",
     "render_chat_prompt",

@@ -59,6 +59,20 @@ class TokenScore:
     end: int
 
 
+@dataclass
+class Scored:
+    """What one ``Backend.score`` call gave: the continuation's token log-probabilities and what
+    the call cost. The whole prompt is prefilled, so ``prompt_tokens`` is the prompt plus the
+    continuation as the server counted them (its own count when it reports one, else the
+    length of the token list it returned); ``completion_tokens`` the tokens it generated (TGI
+    generates one, a vLLM ``max_tokens: 0`` echo and a local forward pass none)."""
+
+    tokens: list[TokenScore]
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    meta: dict = field(default_factory=dict)  # e.g. TGI x-queue-time, endpoint url
+
+
 ErrorKind = Literal["overloaded", "validation", "server", "timeout", "connection", "protocol"]
 
 
@@ -85,7 +99,7 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def generate(self, request: GenerateRequest) -> Generation: ...
 
-    async def score(self, request: ScoreRequest) -> list[TokenScore]:
+    async def score(self, request: ScoreRequest) -> Scored:
         raise EndpointError("validation", f"{type(self).__name__} cannot score given continuations", retryable=False)
 
     async def start(self) -> None:  # noqa: B027 - optional hook

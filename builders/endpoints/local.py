@@ -24,9 +24,10 @@ from typing import Callable
 
 import torch
 
-from builders.endpoints import EndpointSpec, render_chat_prompt, tokenizer_spans
-from builders.endpoints.base import Backend, GenerateRequest, Generation, ScoreRequest, TokenScore
+from builders.endpoints import EndpointSpec, render_chat_prompt
+from builders.endpoints.base import Backend, GenerateRequest, Generation, Scored, ScoreRequest, TokenScore
 from builders.endpoints.constrained import TokenTexts, eos_ids, generate_with_regex, vocab_size
+from builders.endpoints.spans import batched_tokenizer_spans
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -175,7 +176,7 @@ class LocalBackend(Backend):
         return self.render(messages)
 
     async def token_spans(self, text: str) -> list[tuple[int, int]] | None:
-        return tokenizer_spans(self.tokenizer, text, add_special_tokens=False)
+        return await batched_tokenizer_spans(self.tokenizer, text, add_special_tokens=False)
 
     async def input_limit(self, max_new_tokens: int) -> int | None:
         """``max_input_tokens`` when set, else the model's context minus ``max_new_tokens``."""
@@ -245,16 +246,17 @@ class LocalBackend(Backend):
                           completion_tokens=completion, meta=meta)
 
     # ------------------------------------------------------------------ score
-    async def score(self, request: ScoreRequest) -> list[TokenScore]:
+    async def score(self, request: ScoreRequest) -> Scored:
         return await asyncio.to_thread(self._score_locked, request)
 
-    def _score_locked(self, request: ScoreRequest) -> list[TokenScore]:
+    def _score_locked(self, request: ScoreRequest) -> Scored:
         with self._lock:
             return self._score(request)
 
     @torch.no_grad()
-    def _score(self, request: ScoreRequest) -> list[TokenScore]:
-        """Exact log-softmax of each continuation token given everything before it."""
+    def _score(self, request: ScoreRequest) -> Scored:
+        """Exact log-softmax of each continuation token given everything before it (one
+        forward pass over prompt + continuation: those are its prompt tokens, none generated)."""
         prompt = self.render(request.messages)
         text = prompt + request.continuation
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -267,4 +269,5 @@ class LocalBackend(Backend):
                 continue
             value = logprobs[position - 1, encoded["input_ids"][position]].item()
             scores.append(TokenScore(text[max(begin, start):end], value, max(begin - start, 0), end - start))
-        return scores
+        return Scored(scores, prompt_tokens=len(encoded["input_ids"]), completion_tokens=0,
+                      meta={"device": str(self.model.device)})

@@ -28,10 +28,11 @@ import asyncio
 import time
 import json
 
-from builders.endpoints import EndpointSpec, input_limit_from, render_chat_prompt, tokenizer_spans
+from builders.endpoints import EndpointSpec, input_limit_from, render_chat_prompt
 from builders.endpoints.gbnf import regex_to_gbnf
-from builders.endpoints.base import Backend, Constraint, EndpointError, GenerateRequest, Generation, ScoreRequest, TokenScore
+from builders.endpoints.base import Backend, Constraint, EndpointError, GenerateRequest, Generation, Scored, ScoreRequest, TokenScore
 from builders.endpoints.http import HttpClient
+from builders.endpoints.spans import batched_tokenizer_spans
 
 LIMIT_RETRY_S = 30.0  # a server that did not answer is asked again this much later
 REGEX_FLAVOURS = frozenset({"vllm", "sglang", "tgi", "llamacpp"})
@@ -96,7 +97,7 @@ class OpenAIBackend(Backend):
         no character offsets to cut a passage at, and they apply their own chat template."""
         if self.tokenizer is None:
             return None
-        return tokenizer_spans(self.tokenizer, text, add_special_tokens=False)
+        return await batched_tokenizer_spans(self.tokenizer, text, add_special_tokens=False)
 
     async def input_limit(self, max_new_tokens: int) -> int | None:
         """``spec.max_input_tokens``, else the context length the server offers minus
@@ -183,11 +184,12 @@ class OpenAIBackend(Backend):
             meta=meta,
         )
 
-    async def score(self, request: ScoreRequest) -> list[TokenScore]:
+    async def score(self, request: ScoreRequest) -> Scored:
         """Prompt-token log-probabilities from ``/v1/completions`` with ``echo: true, logprobs: 1,
         max_tokens: 0`` (vLLM). The prompt is rendered here (the judge tokenizer's chat template,
         or the plain rendering): ``/v1/completions`` applies no template. Offsets come from
-        ``text_offset``; the continuation is located at the end of the echoed text."""
+        ``text_offset``; the continuation is located at the end of the echoed text. Cost:
+        ``usage`` when the server reports it, else the echoed token list's length."""
         if self.style == "llamacpp":
             raise EndpointError(
                 "validation",
@@ -219,7 +221,10 @@ class OpenAIBackend(Backend):
             if value is None:
                 raise EndpointError("protocol", f"{self.base_url}: no logprob for continuation token {token!r}")
             scores.append(TokenScore(token, float(value), max(begin - start, 0), end - start))
-        return scores
+        usage = payload.get("usage") or {}
+        prompt_tokens = usage.get("prompt_tokens")
+        return Scored(scores, prompt_tokens=len(tokens) if prompt_tokens is None else prompt_tokens,
+                      completion_tokens=usage.get("completion_tokens", 0), meta={"url": self.base_url})
 
     async def aclose(self) -> None:
         """Closes this event loop's connections; the backend stays usable."""

@@ -25,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from builders.endpoints import EndpointSpec, input_limit_from, render_chat_prompt, tokenizer_spans
-from builders.endpoints.base import Backend, EndpointError, GenerateRequest, Generation, ScoreRequest, TokenScore
+from builders.endpoints import EndpointSpec, input_limit_from, render_chat_prompt
+from builders.endpoints.base import Backend, EndpointError, GenerateRequest, Generation, Scored, ScoreRequest, TokenScore
 from builders.endpoints.http import HttpClient
+from builders.endpoints.spans import batched_tokenizer_spans
 
 LIMIT_RETRY_S = 30.0  # a server that did not answer /info is asked again this much later
 NO_PREFILL_MESSAGE = (
@@ -92,7 +93,7 @@ class TGIBackend(Backend):
     async def token_spans(self, text: str) -> list[tuple[int, int]] | None:
         """The judge tokenizer's spans (with the special tokens TGI adds), else ``POST /tokenize``'s."""
         if self.tokenizer is not None:
-            return tokenizer_spans(self.tokenizer, text, add_special_tokens=True)
+            return await batched_tokenizer_spans(self.tokenizer, text, add_special_tokens=True)
         payload, _ = await self.http.post("/tokenize", {"inputs": text})
         try:
             return [(int(t["start"]), int(t["stop"])) for t in payload]
@@ -139,26 +140,31 @@ class TGIBackend(Backend):
         if prompt_tokens is None:
             prompt_tokens = self.count_tokens(prompt)
         completion_tokens = details.get("generated_tokens") if details else _int(headers.get("x-generated-tokens"))
-        meta = {"url": self.url}
-        for header in ("x-queue-time", "x-inference-time", "x-total-time"):
-            if header in headers:
-                meta[header[2:].replace("-", "_") + "_ms"] = _int(headers[header])
         return Generation(
             text=payload["generated_text"],
             finish_reason=details.get("finish_reason") or "unknown",
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            meta=meta,
+            meta=self._meta(headers),
         )
 
-    async def score(self, request: ScoreRequest) -> list[TokenScore]:
+    def _meta(self, headers: dict) -> dict:
+        """The endpoint's url and TGI's timing headers (``queue_time_ms``, ...)."""
+        meta = {"url": self.url}
+        for header in ("x-queue-time", "x-inference-time", "x-total-time"):
+            if header in headers:
+                meta[header[2:].replace("-", "_") + "_ms"] = _int(headers[header])
+        return meta
+
+    async def score(self, request: ScoreRequest) -> Scored:
         """Log-probabilities of the continuation's tokens from TGI's prefill details; the
         token <-> character map comes from ``POST /tokenize`` on the same text (its indices
         match ``prefill``). A token that straddles the prompt/continuation boundary is kept,
-        with its start clipped to 0."""
+        with its start clipped to 0. Cost: ``x-prompt-tokens`` (else the prefill's length) and
+        ``x-generated-tokens`` (else the details' count; one token is generated)."""
         prompt = self.render(request.messages)
         text = prompt + request.continuation
-        output, _ = await self._generate(text, {"details": True, "decoder_input_details": True, "max_new_tokens": 1})
+        output, headers = await self._generate(text, {"details": True, "decoder_input_details": True, "max_new_tokens": 1})
         offsets, _ = await self.http.post("/tokenize", {"inputs": text})
         prefill = (output.get("details") or {}).get("prefill") or []
         if not prefill:
@@ -179,7 +185,12 @@ class TGIBackend(Backend):
             scores.append(TokenScore(token["text"], float(token["logprob"]), max(offset["start"] - start, 0), offset["stop"] - start))
         if request.continuation and (not scores or scores[-1].end != len(request.continuation)):
             raise EndpointError("protocol", f"{self.url}: /tokenize offsets do not cover the continuation {request.continuation!r}")
-        return scores
+        prompt_tokens = _int(headers.get("x-prompt-tokens"))
+        completion_tokens = _int(headers.get("x-generated-tokens"))
+        if completion_tokens is None:
+            completion_tokens = (output.get("details") or {}).get("generated_tokens")
+        return Scored(scores, prompt_tokens=len(prefill) if prompt_tokens is None else prompt_tokens,
+                      completion_tokens=completion_tokens, meta=self._meta(headers))
 
     async def _read_limits(self) -> bool:
         """Keep /info's limits; False when the server did not answer (a retryable error)."""

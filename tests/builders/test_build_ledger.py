@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -18,6 +19,7 @@ from builders.build import build
 from builders.recipe import load_recipe
 from builders.store import JudgmentStore
 from tests.builders.test_build_methods import ARHN, EIFFEL, HAMLET, respond
+from tests.stand_ins.tgi_server import tokenize
 
 PRICES = {"stand-in/judge": {"prompt": 1.0, "completion": 2.0}}
 STAGES = {"arhn": ("arhn/extract", "arhn/rank"), "clear": ("clear/answer", "clear/score")}
@@ -116,3 +118,55 @@ def test_killed_half_way_reports_exactly_the_remaining_calls(tgi_stand_in, tmp_p
     assert resumed["ledger"]["total"]["usd"] < clean["ledger"]["total"]["usd"]
     # the outputs and the card are those of the uninterrupted build (the folders differ by name only)
     assert card.replace("/resumed/", "/clean/") == clean_card
+
+
+def score_tokens_received(server) -> int:
+    """The prompt tokens of the score calls the stand-in answered, as it counted them: TGI's
+    prefill (``<s>`` + the input's tokens, its x-prompt-tokens), vLLM's echoed prompt (usage)."""
+    tgi = [r for r in server.requests if r.path in ("/generate", "/") and r.status == 200
+           and (r.body.get("parameters") or {}).get("decoder_input_details")]
+    vllm = [r for r in server.requests if r.path == "/v1/completions" and r.status == 200]
+    return sum(1 + len(tokenize(r.body["inputs"])) for r in tgi) + sum(len(tokenize(r.body["prompt"])) for r in vllm)
+
+
+@pytest.mark.parametrize("kind", ["tgi", "openai"])
+def test_clear_scoring_calls_are_paid_for(tgi_stand_in, tmp_path, kind):
+    server = tgi_stand_in(respond)
+    path = recipe_path(tmp_path, "score", server.url, "clear", tmp_path / "j.sqlite")
+    if kind == "openai":  # a vLLM-style judge: chat for the answers, /v1/completions echo for the scores
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+        recipe["judges"]["stage1"] = {"kind": "openai", "url": server.url + "/v1", "model": "stand-in/judge",
+                                      "response_format_style": "vllm", "concurrency": 2}
+        path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    report, lines, seen, card = run_build(path, server)
+    received = score_tokens_received(server)
+    score = next(row for row in report["ledger"]["stages"] if row["stage"] == "clear/score")
+    assert received > 100 and score["requests"] == lines["clear/score"][0] > 0
+    assert score["prompt_tokens"] == received == report["judge_runs"]["clear/score"]["prompt_tokens"]
+    assert score["completion_tokens"] == (score["requests"] if kind == "tgi" else 0)  # TGI generates one token
+    assert score["usd"] == pytest.approx((received * 1.0 + score["completion_tokens"] * 2.0) / 1e6) and score["usd"] > 0
+    judgments = pq.read_table(next((Path(report["folder"]) / "judgments_clear").glob("*.parquet"))).to_pylist()
+    assert sum(j["prompt_tokens"] for j in judgments if j["stage"] == "clear/score") == received  # the judgment rows
+    # the card's ledger (read from the stored judgments) shows the same tokens
+    ledger_section = card.split("## Cost ledger", 1)[1]
+    card_row = next(line for line in ledger_section.splitlines() if line.startswith("| clear/score |"))
+    assert f"| {received:,} |" in card_row
+    again, lines, seen, _ = run_build(path, server)
+    score = next(row for row in again["ledger"]["stages"] if row["stage"] == "clear/score")
+    assert seen == 0 and (score["requests"], score["prompt_tokens"], score["usd"]) == (0, 0, 0)
+
+
+@pytest.mark.xfail(strict=True, reason="builders/fleet.py Fleet._on_success counts tokens of a Generation only; "
+                                       "the lead's patch counts a Scored's too (see the tidy branch's report)")
+def test_clear_scoring_through_a_fleet_counts_tokens_per_endpoint(tgi_stand_in, tmp_path):
+    servers = [tgi_stand_in(respond), tgi_stand_in(respond)]
+    path = recipe_path(tmp_path, "fleet", servers[0].url, "clear", tmp_path / "j.sqlite")
+    recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    recipe["judges"]["stage1"] = [{"kind": "tgi", "url": s.url, "model": "stand-in/judge", "concurrency": 2} for s in servers]
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    report = build(load_recipe(path), "python -m builders.cli recipe.yaml", progress=False, out=io.StringIO())
+    answered = [r for s in servers for r in s.requests if r.path == "/generate" and r.status == 200
+                and not r.body["parameters"].get("decoder_input_details")]
+    received = sum(score_tokens_received(s) for s in servers) + sum(1 + len(tokenize(r.body["inputs"])) for r in answered)
+    rows = [row for row in report["ledger"]["rows"] if row["stage"] == "clear/answer+clear/score"]
+    assert received > 100 and sum(row["prompt_tokens"] for row in rows) == received

@@ -10,7 +10,7 @@ import pytest
 from builders import clear
 from builders.clear import ClearError, ClearSettings, decide
 from builders.endpoints import EndpointSpec
-from builders.endpoints.base import Backend, TokenScore
+from builders.endpoints.base import Backend, Scored, TokenScore
 from builders.endpoints.tgi import TGIBackend
 from builders.rows import Passage, QueryRow
 from builders.store import JudgmentStore
@@ -150,7 +150,8 @@ class ScriptedScorer(Backend):
         prompt = request.messages[-1]["content"]
         probs = next(v for doc, v in self.table.items() if doc in prompt)
         words = [(m.group(0), m.start(), m.end()) for m in re.finditer(r"\S+", request.continuation)]
-        return [TokenScore(w, math.log(p), a, b) for (w, a, b), p in zip(words, probs, strict=True)]
+        return Scored([TokenScore(w, math.log(p), a, b) for (w, a, b), p in zip(words, probs, strict=True)],
+                      prompt_tokens=len((prompt + request.continuation).split()), completion_tokens=0)
 
 
 def test_confidence_picks_the_llm_positive(minilm, cut):
@@ -176,7 +177,7 @@ def test_confidence_picks_the_llm_positive(minilm, cut):
 def test_offsets_that_do_not_fit_the_answer_stop_the_run(minilm, cut):
     class Broken(ScriptedScorer):
         async def score(self, request):
-            return [TokenScore("330", 0.0, 0, 3)]  # " metres" is not covered
+            return Scored([TokenScore("330", 0.0, 0, 3)])  # " metres" is not covered
 
     with pytest.raises(ClearError, match="not covered"):
         clear.run([eiffel_row()], ClearSettings(top_n=3), backend=Broken({}), embedder=minilm, cut=cut)

@@ -268,6 +268,6 @@ def test_clear_score_prompt_cut_keeps_the_answer_whole_and_scores(tgi_stand_in):
     build = lambda texts: score_request("What is the capital of France?", texts[0], answer).messages  # noqa: E731
     out = asyncio.run(fitter.fit(build, [document], max_new_tokens=1, continuation=answer))
     assert out.shortened and out.texts[0].startswith("Paris is the capital of France. w0") and out.texts[0].endswith(" [...]")
-    tokens = asyncio.run(backend.score(score_request("What is the capital of France?", out.texts[0], answer)))
+    tokens = asyncio.run(backend.score(score_request("What is the capital of France?", out.texts[0], answer))).tokens
     assert "".join(t.text for t in tokens).strip() == answer.strip() and tokens[-1].end == len(answer)  # scored whole
     assert out.prompt_tokens <= 120 and [r.status for r in server.requests if r.path == "/generate"] == [200]

@@ -149,7 +149,7 @@ def test_vllm_prompt_logprobs_equal_the_local_exact_score(vllm_server):
 
     async def both():
         try:
-            return await remote.score(request), await local.score(request)
+            return (await remote.score(request)).tokens, (await local.score(request)).tokens
         finally:
             await remote.aclose()
 

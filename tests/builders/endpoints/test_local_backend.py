@@ -94,7 +94,8 @@ def test_gumbel_first_acceptable_samples_the_restricted_softmax():
 
 def test_score_is_the_exact_log_softmax(backend):
     continuation = "Doc (1), Doc (2)"
-    scores = run(backend.score(ScoreRequest(messages=MESSAGES, continuation=continuation)))
+    scored = run(backend.score(ScoreRequest(messages=MESSAGES, continuation=continuation)))
+    scores = scored.tokens
     assert "".join(s.text for s in scores) == continuation
     assert [continuation[s.start:s.end] for s in scores] == [s.text for s in scores]
     # independent path: the model's own cross-entropy over the continuation tokens
@@ -109,6 +110,7 @@ def test_score_is_the_exact_log_softmax(backend):
     n = len(all_ids) - len(prompt_ids)
     assert len(scores) == n
     assert sum(s.logprob for s in scores) == pytest.approx(-loss * n, abs=1e-4)
+    assert (scored.prompt_tokens, scored.completion_tokens) == (len(all_ids), 0)  # one forward pass, nothing generated
 
 
 def test_regex_constraint_on_a_tiny_llama(tmp_path):

@@ -91,13 +91,31 @@ def test_errors(tgi_stand_in, fault, kind, retryable):
 def test_score_with_echo_logprobs(tgi_stand_in):
     server = tgi_stand_in(logprob_fn=lambda text, position: -0.5 * position)
     backend = make_backend(EndpointSpec(kind="openai", url=server.url, model="m", response_format_style="vllm"))
-    scores = call(backend, lambda: backend.score(ScoreRequest(messages=({"role": "user", "content": "Q?"},), continuation=" Yes.")))
+    scored = call(backend, lambda: backend.score(ScoreRequest(messages=({"role": "user", "content": "Q?"},), continuation=" Yes.")))
+    scores = scored.tokens
     body = server.requests[0].body
     assert (body["echo"], body["logprobs"], body["max_tokens"]) == (True, 1, 0)
     # "User: Q?\n\nAssistant:\n Yes." = User : ␣Q ? \n\n Assistant : (positions 0-6), then "\n␣" (7) straddles
     # the boundary (kept, start clipped to 0), "Yes" (8), "." (9); logprob = -0.5 * position
     assert [(s.text, s.start, s.end) for s in scores] == [("\n ", 0, 1), ("Yes", 1, 4), (".", 4, 5)]
     assert [s.logprob for s in scores] == [-3.5, -4.0, -4.5]
+    # the cost: the whole echoed prompt as the server's usage counts it (10 tokens), nothing generated
+    assert (scored.prompt_tokens, scored.completion_tokens) == (len(tokenize(body["prompt"])), 0) == (10, 0)
+
+
+def test_score_without_usage_counts_the_echoed_tokens(tgi_stand_in, monkeypatch):
+    server = tgi_stand_in()
+    backend = make_backend(EndpointSpec(kind="openai", url=server.url, model="m", response_format_style="vllm"))
+    post = backend._post
+
+    async def without_usage(route, body):
+        payload = await post(route, body)
+        payload.pop("usage")
+        return payload
+
+    monkeypatch.setattr(backend, "_post", without_usage)
+    scored = call(backend, lambda: backend.score(ScoreRequest(messages=({"role": "user", "content": "Q?"},), continuation=" Yes.")))
+    assert (scored.prompt_tokens, scored.completion_tokens) == (10, 0)
 
 
 def test_llamacpp_refuses_to_score():

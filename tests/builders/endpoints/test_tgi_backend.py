@@ -82,13 +82,18 @@ def test_score_reads_prefill_logprobs_for_the_continuation(tgi_stand_in, transpo
     # logprob of a token = -(its position in the prompt + 1) / 10: easy to compute by hand
     server = tgi_stand_in(logprob_fn=lambda text, position: -(position + 1) / 10)
     backend = make_backend(EndpointSpec(kind="tgi", url=server.url, transport=transport))
-    scores = call(backend, lambda: backend.score(ScoreRequest(messages=({"role": "user", "content": "Q?"},), continuation="Yes, 2")))
+    scored = call(backend, lambda: backend.score(ScoreRequest(messages=({"role": "user", "content": "Q?"},), continuation="Yes, 2")))
+    scores = scored.tokens
     # inputs "User: Q?\n\nAssistant:\nYes, 2" -> <s> User : Q ? \n\n Assistant : \nYes , ␣2 (stand-in tokens)
     # "\nYes" straddles the boundary (position 8), "," is 9, " 2" is 10
     assert [(s.text, s.start, s.end) for s in scores] == [("\nYes", 0, 3), (",", 3, 4), (" 2", 4, 6)]
     assert [s.logprob for s in scores] == pytest.approx([-0.9, -1.0, -1.1])
     assert [r.path for r in server.requests] == [GENERATE_ROUTE[transport], "/tokenize"]
     assert server.requests[0].body["parameters"]["decoder_input_details"] is True
+    # the cost: the whole prompt is prefilled (<s> + 10 tokens, x-prompt-tokens), one token generated
+    assert (scored.prompt_tokens, scored.completion_tokens) == (1 + len(tokenize(server.requests[0].body["inputs"])), 1) == (11, 1)
+    if transport == "aiohttp":
+        assert scored.meta["url"] == server.url and "queue_time_ms" in scored.meta
 
 
 def test_score_without_prefill_logprobs_says_what_the_server_lacks(tgi_stand_in):
