@@ -43,7 +43,7 @@ from collections import deque
 import aiohttp
 
 from builders.endpoints import EndpointSpec, make_backend
-from builders.endpoints.base import Backend, EndpointError, GenerateRequest, Generation, ScoreRequest, TokenScore
+from builders.endpoints.base import Backend, EndpointError, GenerateRequest, Generation, ScoreRequest, Scored
 from builders.fleet_members import (  # noqa: F401 - re-exported: callers import them from here
     EndpointStats,
     FleetConfig,
@@ -82,7 +82,7 @@ class Fleet(Backend):
     async def generate(self, request: GenerateRequest) -> Generation:
         return await self._route(lambda backend: backend.generate(request))
 
-    async def score(self, request: ScoreRequest) -> list[TokenScore]:
+    async def score(self, request: ScoreRequest) -> Scored:
         return await self._route(lambda backend: backend.score(request))
 
     def count_tokens(self, text: str) -> int | None:
@@ -292,7 +292,7 @@ class Fleet(Backend):
         stats = member.stats
         stats.succeeded += 1
         member.consecutive_failures = 0
-        if isinstance(result, Generation):
+        if isinstance(result, (Generation, Scored)):
             stats.prompt_tokens += result.prompt_tokens or 0
             stats.completion_tokens += result.completion_tokens or 0
             result.meta["endpoint"] = stats.name

@@ -156,8 +156,6 @@ def test_clear_scoring_calls_are_paid_for(tgi_stand_in, tmp_path, kind):
     assert seen == 0 and (score["requests"], score["prompt_tokens"], score["usd"]) == (0, 0, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="builders/fleet.py Fleet._on_success counts tokens of a Generation only; "
-                                       "the lead's patch counts a Scored's too (see the tidy branch's report)")
 def test_clear_scoring_through_a_fleet_counts_tokens_per_endpoint(tgi_stand_in, tmp_path):
     servers = [tgi_stand_in(respond), tgi_stand_in(respond)]
     path = recipe_path(tmp_path, "fleet", servers[0].url, "clear", tmp_path / "j.sqlite")
