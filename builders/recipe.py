@@ -166,7 +166,36 @@ def load_recipe(path: str | Path | None, overrides: list[tuple[str, str]] = ()) 
             data = yaml.safe_load(f) or {}
     for dotted, raw in overrides:
         apply_override(data, dotted, raw)
+    _read_endpoint_files(data, Path(path).parent if path is not None else None)
     return _build(Recipe, data, "")
+
+
+def _read_endpoint_files(data: dict, recipe_folder: Path | None) -> None:
+    """A judge given as a string is a YAML/JSON file of its endpoints: one mapping, a list of
+    them, or ``{endpoints: [...]}`` (a fleet kept apart from the recipe, e.g. written by the
+    job that starts the servers). A relative path is read from the working directory, else
+    from the recipe's folder."""
+    judges = data.get("judges")
+    if not isinstance(judges, dict):
+        return
+    for name, value in judges.items():
+        if not isinstance(value, str):
+            continue
+        candidates = [Path(value)] if Path(value).is_absolute() else [Path(value)] + (
+            [recipe_folder / value] if recipe_folder is not None else [])
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise ValueError(f"recipe key judges.{name}: endpoint file {value!r} not found "
+                             f"(looked in: {', '.join(str(c) for c in candidates)})")
+        with open(found, encoding="utf-8") as f:
+            endpoints = yaml.safe_load(f)
+        if isinstance(endpoints, dict) and set(endpoints) == {"endpoints"}:
+            endpoints = endpoints["endpoints"]
+        if not (isinstance(endpoints, dict) or (isinstance(endpoints, list) and endpoints
+                                                and all(isinstance(e, dict) for e in endpoints))):
+            raise ValueError(f"recipe key judges.{name}: {found} must hold an endpoint mapping or a non-empty "
+                             f"list of them (kind, url, model, ...), got {type(endpoints).__name__}")
+        judges[name] = endpoints
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:

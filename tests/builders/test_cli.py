@@ -25,6 +25,28 @@ def test_overrides_from_set_and_dotted_flags():
         load_recipe(ROOT / "recipes" / "sample.yaml", [("rlhn.max_flaged", "3")])
 
 
+def test_a_judge_may_be_a_file_of_endpoints(tmp_path, monkeypatch):
+    (tmp_path / "fleet.yaml").write_text(
+        "endpoints:\n"
+        "  - {kind: tgi, url: 'http://10.0.0.1:8080', model: judge}\n"
+        "  - {kind: openai, url: 'http://10.0.0.2:8000', model: judge, api_key_env: JUDGE_KEY}\n")
+    (tmp_path / "one.json").write_text('{"kind": "tgi", "url": "http://10.0.0.3:8080"}')
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("judges: {stage1: fleet.yaml, stage2: one.json}\n")
+    monkeypatch.chdir(ROOT)  # relative paths: the working directory first, then the recipe's folder
+    loaded = load_recipe(recipe)
+    assert [(e.kind, e.url) for e in loaded.judges.stage1] == [("tgi", "http://10.0.0.1:8080"), ("openai", "http://10.0.0.2:8000")]
+    assert loaded.judges.stage1[1].api_key_env == "JUDGE_KEY"
+    assert loaded.judges.stage2.url == "http://10.0.0.3:8080"
+    overridden = load_recipe(recipe, [("judges.stage2", str(tmp_path / "fleet.yaml"))])
+    assert len(overridden.judges.stage2) == 2
+    with pytest.raises(ValueError, match=r"judges.stage1: endpoint file 'missing.yaml' not found"):
+        load_recipe(recipe, [("judges.stage1", "missing.yaml")])
+    (tmp_path / "bad.yaml").write_text("- just a url\n")
+    with pytest.raises(ValueError, match="must hold an endpoint mapping"):
+        load_recipe(recipe, [("judges.stage1", "bad.yaml")])
+
+
 def test_shipped_recipes_load():
     sample = load_recipe(ROOT / "recipes" / "sample.yaml")
     assert sample.judges.stage1.kind == "local" and sample.card.license == "mit" and len(sample.sources) == 3
