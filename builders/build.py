@@ -82,7 +82,8 @@ def subset_counts(rows: list[QueryRow]) -> dict[str, dict[str, int]]:
 
 def dry_run(recipe: Recipe, progress: bool = True, out=None) -> dict:
     """Counts, one rendered prompt, and the estimated cost per stage (``CostLedger.estimate``
-    over tokenizer counts of the real prompts); no judge is called."""
+    over tokenizer counts of the real prompts; CLEAR's and ARHN's ranking in
+    ``builders.dry_estimates``, which states its assumptions); no judge is called."""
     out = out or sys.stdout
     rows, report = load_rows(recipe, progress)
     s = rlhn_settings(recipe)

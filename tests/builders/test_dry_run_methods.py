@@ -191,3 +191,19 @@ def test_arhn_rank_estimate_states_its_assumptions_and_meets_the_ledger(tmp_path
     # the default share: fewer ranking calls than queries, said as an estimate
     default = dry_run(load_recipe(path, [("dry_run", "{tokenizer: " + str(tmp_path / "tok") + "}")]), progress=False, out=io.StringIO())
     assert default["stages"]["arhn/rank"]["estimated"] and default["stages"]["arhn/rank"]["prompts"] == round(0.9 * 2)
+
+
+def test_prompts_over_the_input_limit_count_at_the_limit(clear_run):
+    """The build shortens a prompt over the judge's input limit (``builders.shorten``): the
+    estimate counts it at the limit, and says how many are over it."""
+    answers = clear_run["estimate"]["stages"]["clear/answer"]
+    limit = answers["prompt_tokens"] // answers["prompts"]  # the mean: at least one prompt is over it
+    recipe = load_recipe(clear_run["path"], [("judges.stage1.max_input_tokens", str(limit)), ("dry_run.clear_retrieval", "false")])
+    printed = io.StringIO()
+    result = dry_run(recipe, progress=False, out=printed)
+    capped = result["stages"]["clear/answer"]
+    over = capped["prompts_over_limit"]
+    assert capped["input_limit"] == limit and over >= 1
+    assert capped["tokens_over_limit"] == answers["prompt_tokens"] - capped["prompt_tokens"] > 0
+    assert f"input limit {limit} tokens: {over} of 3 prompts over it would be shortened" in printed.getvalue()
+    assert stages(result["estimate"])["clear/answer"]["prompt_tokens"] == capped["prompt_tokens"] <= 3 * limit
