@@ -20,8 +20,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from builders import arhn
-from builders.endpoints import Backend, EndpointSpec, load_tokenizer
-from builders.ledger import CostLedger, StagePlan, chat_token_counter, load_prices
+from builders.dry_estimates import arhn_rank_assumptions, arhn_rank_counts, check_limit, clear_plans, prompt_counter
+from builders.endpoints import Backend, EndpointSpec
+from builders.ledger import CostLedger, StagePlan, load_prices
 from builders.methods_run import MethodsRun, failures_of, judge_plan, make_judges, run_methods, stored_ledger
 from builders.recipe import Recipe, rlhn_settings
 from builders.rlhn import prompt_version, render_messages, variant_of, windows_of
@@ -79,30 +80,10 @@ def subset_counts(rows: list[QueryRow]) -> dict[str, dict[str, int]]:
     return {k: dict(v) for k, v in sorted(c.items())}
 
 
-def _judge_tokenizer(spec: EndpointSpec):
-    """The judge's tokenizer without loading its weights: ``tokenizer`` when named; for a
-    local judge its model (a GGUF file's tokenizer is read from the file), else None."""
-    if spec.tokenizer:
-        return load_tokenizer(spec.tokenizer)
-    if spec.kind != "local":
-        return None
-    from transformers import AutoTokenizer
-
-    if spec.model is None or spec.gguf_file:
-        from builders.endpoints.local import SMOLLM2_GGUF, bundled_smollm2
-
-        path = Path(spec.gguf_file) if spec.gguf_file and Path(spec.gguf_file).is_file() else None
-        if path is None and spec.model is None and spec.gguf_file in (None, SMOLLM2_GGUF):
-            path = bundled_smollm2()
-        if path is not None:
-            return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        return AutoTokenizer.from_pretrained(spec.model, gguf_file=spec.gguf_file)
-    return AutoTokenizer.from_pretrained(spec.model)
-
-
 def dry_run(recipe: Recipe, progress: bool = True, out=None) -> dict:
     """Counts, one rendered prompt, and the estimated cost per stage (``CostLedger.estimate``
-    over tokenizer counts of the real prompts); no judge is called."""
+    over tokenizer counts of the real prompts; CLEAR's and ARHN's ranking in
+    ``builders.dry_estimates``, which states its assumptions); no judge is called."""
     out = out or sys.stdout
     rows, report = load_rows(recipe, progress)
     s = rlhn_settings(recipe)
@@ -117,9 +98,10 @@ def dry_run(recipe: Recipe, progress: bool = True, out=None) -> dict:
     if s is not None:
         plans += _rlhn_plans(recipe, rows, s, result, out)
     plans += _arhn_plans(recipe, rows, result, out)
-    others = [m for m in ("clear", "percpos") if getattr(recipe, m) is not None]
-    if others:
-        print(f"not estimated: {', '.join(others)} (CLEAR's calls depend on retrieval; PercPos calls no judge)", file=out)
+    if recipe.clear is not None:
+        plans += clear_plans(recipe, rows, judge_plan(recipe)["stage1"], result, out)
+    if recipe.percpos is not None:
+        print("percpos: no judge calls (teacher scores)", file=out)
     estimate = CostLedger.estimate(plans, load_prices(recipe.prices))
     print("\n" + estimate.render(), file=out)
     result["estimate"] = estimate.as_dict()
@@ -139,28 +121,24 @@ def _rlhn_plans(recipe: Recipe, rows: list[QueryRow], s, result: dict, out) -> l
         for m in example:
             print(f"[{m['role']}]\n{m['content']}", file=out)
         print("--- end of prompt ---\n", file=out)
-    tokenizer = load_tokenizer(recipe.dry_run.tokenizer) if recipe.dry_run.tokenizer else None
     plan_specs = judge_plan(recipe)
     for name, spec in _specs(recipe):
         share = 1.0 if name == "stage1" else recipe.dry_run.stage2_share
-        tok = tokenizer or _judge_tokenizer(spec)
-        if tok is not None:
-            how, count = "tokenizer", chat_token_counter(tok)
-        else:
-            how = "≈ characters / 4 (no tokenizer named: set dry_run.tokenizer)"
-            count = lambda msgs: len("\n".join(m["content"] for m in msgs)) // 4  # noqa: E731
-        counts = [count(render_messages(w, s)) for w in windows]
-        plans.append(StagePlan(f"rlhn/{name}", spec.model_id, counts, share, recipe.dry_run.completion_tokens))
-        est, calls = int(sum(counts) * share), int(len(windows) * share)
+        how, count = prompt_counter(recipe, spec)
+        check = check_limit(plan_specs[name], [count(render_messages(w, s)) for w in windows], s.max_new_tokens)
+        plans.append(StagePlan(f"rlhn/{name}", spec.model_id, check.sent, share, recipe.dry_run.completion_tokens))
+        est, calls = int(sum(check.sent) * share), int(len(windows) * share)
         print(f"{name} [{spec.model_id}]: ~{calls} prompts, ~{est:,} prompt tokens ({how}){'' if name == 'stage1' else f', stage-2 share {share}'}", file=out)
+        print(check.line(), file=out)
         result["stages"][name] = {"judge": spec.model_id, "prompts": calls, "prompt_tokens": est, "counted_with": how,
-                                  **_over_limit(plan_specs[name], counts, s.max_new_tokens, out)}
+                                  **check.as_dict()}
     return plans
 
 
 def _arhn_plans(recipe: Recipe, rows: list[QueryRow], result: dict, out) -> list[StagePlan]:
-    """ARHN's stage-1 prompts (every editable query, as they will be sent; the ranking prompts
-    depend on its answers and are not estimated) and PRHN's ranking prompts."""
+    """ARHN's stage-1 prompts (every editable query, as they will be sent) and its ranking
+    prompts (an estimate: they hold stage 1's snippets, ``builders.dry_estimates``); PRHN's
+    ranking prompts (as they will be sent)."""
     plan = judge_plan(recipe)
     plans = []
     for settings in (recipe.arhn, dataclasses.replace(recipe.prhn, rank_on="passages") if recipe.prhn else None):
@@ -170,67 +148,35 @@ def _arhn_plans(recipe: Recipe, rows: list[QueryRow], result: dict, out) -> list
         cut = arhn.RetrieverCut(plain.retriever_tokenizer, plain.retriever_max_length)
         passages = plain.rank_on == "passages"
         stage, judge = (f"{plain.prefix}/rank", "arhn_rank") if passages else (f"{plain.prefix}/extract", "arhn_extract")
-        spec = plan[judge][0]
-        tok = load_tokenizer(recipe.dry_run.tokenizer) if recipe.dry_run.tokenizer else _judge_tokenizer(spec)
-        count = chat_token_counter(tok) if tok is not None else (lambda msgs: len("\n".join(m["content"] for m in msgs)) // 4)  # noqa: E731
-        counts = []
+        spec, rank_spec = plan[judge][0], plan["arhn_rank"][0]
+        how, count = prompt_counter(recipe, spec)
+        rank_count = prompt_counter(recipe, rank_spec)[1]
+        counts, rank_counts = [], []
         for row in rows:
             if any(x.lower() in row.subset.lower() for x in plain.never_edit_subsets) or not row.negative_passages:
                 continue
             docs = [cut(p.full_text) for p in row.positive_passages[:1] + row.negative_passages[: plain.max_negatives]]
             request = (arhn.rank_request(row.query, docs, plain, None) if passages else arhn.extract_request(row.query, docs, plain, None))
             counts.append(count(request.messages))
-        plans.append(StagePlan(stage, spec.model_id, counts, 1.0, recipe.dry_run.completion_tokens))
-        print(f"{stage} [{spec.model_id}]: ~{len(counts)} prompts, ~{sum(counts):,} prompt tokens"
-              + ("" if passages else f"; {plain.prefix}/rank not estimated (its prompts hold stage 1's snippets)"), file=out)
+            if not passages:
+                rank_counts.append(arhn_rank_counts(recipe, row.query, len(docs) - 1, plain, rank_count))
         new_tokens = plain.rank_max_new_tokens if passages else plain.extract_max_new_tokens
-        result["stages"][stage] = {"judge": spec.model_id, "prompts": len(counts), "prompt_tokens": sum(counts),
-                                   **_over_limit(plan[judge], counts, new_tokens, out)}
+        check = check_limit(plan[judge], counts, new_tokens)
+        plans.append(StagePlan(stage, spec.model_id, check.sent, 1.0, recipe.dry_run.completion_tokens))
+        print(f"{stage} [{spec.model_id}]: {len(counts)} prompts, ~{sum(check.sent):,} prompt tokens ({how})", file=out)
+        print(check.line(), file=out)
+        result["stages"][stage] = {"judge": spec.model_id, "prompts": len(counts), "prompt_tokens": sum(check.sent),
+                                   "counted_with": how, **check.as_dict()}
+        if not passages and rank_counts:
+            share, rank = recipe.dry_run.arhn_rank_share, f"{plain.prefix}/rank"
+            check = check_limit(plan["arhn_rank"], rank_counts, plain.rank_max_new_tokens)
+            plans.append(StagePlan(rank, rank_spec.model_id, check.sent, share, recipe.dry_run.completion_tokens))
+            calls, tokens = round(share * len(rank_counts)), round(share * sum(check.sent))
+            print(f"{rank} [{rank_spec.model_id}]: ~{calls} prompts, ~{tokens:,} prompt tokens ({arhn_rank_assumptions(recipe)})", file=out)
+            print(check.line(), file=out)
+            result["stages"][rank] = {"judge": rank_spec.model_id, "prompts": calls, "prompt_tokens": tokens, "estimated": True,
+                                      "counted_with": how, **check.as_dict()}
     return plans
-
-
-def dry_input_limit(specs: list[EndpointSpec], max_new_tokens: int) -> int | None:
-    """A judge's input limit for the dry run (``builders.shorten``'s rule: the smallest of its
-    endpoints'): ``max_input_tokens`` when set, a local model's context minus ``max_new_tokens``
-    (its config, no weights), a server's ``/info`` / ``/v1/models`` when it answers; else None."""
-    from builders.endpoints.local import read_context_length
-
-    limits = []
-    for spec in specs:
-        new = min(max_new_tokens, spec.max_new_tokens) if spec.max_new_tokens is not None else max_new_tokens
-        if spec.max_input_tokens is not None:
-            limits.append(spec.max_input_tokens)
-        elif spec.kind == "local":
-            context = read_context_length(spec.model, spec.gguf_file)
-            limits.append(None if context is None else context - new)
-        else:
-            limits.append(asyncio.run(_server_limit(spec, new)))
-    known = [x for x in limits if x is not None]
-    return min(known) if known else None
-
-
-async def _server_limit(spec: EndpointSpec, max_new_tokens: int) -> int | None:
-    from builders.endpoints import make_backend
-
-    backend = make_backend(dataclasses.replace(spec, tokenizer=None, timeout_s=min(spec.timeout_s, 10.0)))
-    try:
-        return await backend.input_limit(max_new_tokens)
-    except Exception:  # noqa: BLE001 - a dry run reports what it can; the build reads the limit again
-        return None
-    finally:
-        await backend.aclose()
-
-
-def _over_limit(specs: list[EndpointSpec], counts: list[int], max_new_tokens: int, out) -> dict:
-    """How many prompts exceed the judge's input limit (the build shortens them), printed."""
-    limit = dry_input_limit(specs, max_new_tokens)
-    if limit is None:
-        print("  input limit unknown (set max_input_tokens on the endpoint): prompts are sent as they are", file=out)
-        return {"input_limit": None, "prompts_over_limit": None}
-    over = [c for c in counts if c > limit]
-    print(f"  input limit {limit:,} tokens: {len(over)} of {len(counts)} prompts over it would be shortened "
-          f"(~{sum(c - limit for c in over):,} tokens cut; builders.shorten)", file=out)
-    return {"input_limit": limit, "prompts_over_limit": len(over), "tokens_over_limit": sum(c - limit for c in over)}
 
 
 async def _judge_chunks(recipe: Recipe, rows, spool: ConfigSpool, progress: bool, backends: dict[str, Backend] | None = None):

@@ -58,7 +58,7 @@ from builders.store import JudgmentStore
 
 CONFIGS = ("clear_llm", "clear_augment", "clear_threshold")
 __all__ = ["CONFIGS", "SCORE_PROMPT", "SCORE_SYSTEM", "SCORE_VERSION", "ClearError", "ClearSettings", "dataset_answer",
-           "decide", "find_pfns", "load_corpus", "run", "run_async", "score_request"]
+           "decide", "editable_row", "find_pfns", "load_corpus", "prepare_queries", "run", "run_async", "score_request"]
 
 
 # ---------------------------------------------------------------- the method
@@ -79,7 +79,7 @@ async def run_async(rows: list[QueryRow], settings: ClearSettings | None = None,
     ``clear/score``; ``progress``: tqdm bars for the judge stages."""
     s = settings or ClearSettings()
     result = MethodResult(name="clear", configs={name: [] for name in CONFIGS})
-    queries = _prepare(rows, s, result, embedder, pool)
+    queries = prepare_queries(rows, s, result, embedder, pool)
     cut = cut or RetrieverCut(s.retriever, s.retriever_max_length)
     needs_answer = [q for q in queries if q.answer is None] if s.extract_answers else []
     with tempfile.TemporaryDirectory(prefix="clear-store-") as scratch:
@@ -133,14 +133,20 @@ async def _judge(queries: list[ClearQuery], needs_answer: list[ClearQuery], s: C
     return answered
 
 
-def _prepare(rows: list[QueryRow], s: ClearSettings, result: MethodResult, embedder, pool) -> list[ClearQuery]:
+def editable_row(row: QueryRow, s: ClearSettings) -> bool:
+    """CLEAR edits a row with a labelled positive outside ``never_edit_subsets``."""
+    subset = row.subset.lower()
+    return bool(row.positive_passages) and not any(x.lower() in subset for x in s.never_edit_subsets)
+
+
+def prepare_queries(rows: list[QueryRow], s: ClearSettings, result: MethodResult, embedder=None, pool=None) -> list[ClearQuery]:
+    """The editable rows with their PFNs (the retrieval) and dataset answers; counts into ``result``."""
     editable = []
     for row in rows:
         result.count(row.subset, "rows_in")
         result.count(row.subset, "positives_added", 0)
         result.count(row.subset, "negatives_removed", 0)
-        subset = row.subset.lower()
-        if not row.positive_passages or any(x.lower() in subset for x in s.never_edit_subsets):
+        if not editable_row(row, s):
             result.count(row.subset, "rows_not_edited")
         else:
             editable.append(row)

@@ -25,13 +25,23 @@ def dataset_answer(row: QueryRow, fields: tuple[str, ...]) -> str | None:
     return None
 
 
+def answer_settings(s: ClearSettings) -> ArhnSettings:
+    """The ARHN stage-1 settings the answer is copied with."""
+    return ArhnSettings(retriever_tokenizer=s.retriever, retriever_max_length=s.retriever_max_length,
+                        copy_sentences=s.extract_copy_sentences, temperature=s.extract_temperature,
+                        extract_max_new_tokens=s.extract_max_new_tokens)
+
+
+def answer_key(row: QueryRow) -> str:
+    """One answer call per (query, labelled positive): rows that repeat both share it."""
+    return f"{row.query_id}:{row.positive_passages[0].docid}"
+
+
 async def extract_answers(queries: list[ClearQuery], s: ClearSettings, backend: Backend, store: JudgmentStore,
                      result: MethodResult, cut: RetrieverCut, progress: bool) -> None:
     """ARHN stage 1 on the labelled positive alone: its verified snippet is the answer."""
-    arhn = ArhnSettings(retriever_tokenizer=s.retriever, retriever_max_length=s.retriever_max_length,
-                        copy_sentences=s.extract_copy_sentences, temperature=s.extract_temperature,
-                        extract_max_new_tokens=s.extract_max_new_tokens)
-    key = {id(q): f"{q.row.query_id}:{q.row.positive_passages[0].docid}" for q in queries}  # same question, same answer
+    arhn = answer_settings(s)
+    key = {id(q): answer_key(q.row) for q in queries}  # same question, same answer
     docs = {key[id(q)]: cut(q.row.positive_passages[0].full_text) for q in queries}
     query_of = {key[id(q)]: q.row.query for q in queries}
     fitter = PromptFitter(backend)  # the positive is cut to fit the judge's input limit; the answer is copied from what it shows

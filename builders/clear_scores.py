@@ -28,6 +28,10 @@ def score_request(query: str, document: str, answer: str) -> ScoreRequest:
     )
 
 
+def score_key(query_id: str, answer: str, docid: str) -> str:
+    return f"{query_id}:{md5(answer)[:12]}:{docid}"
+
+
 async def score_passages(queries: list[ClearQuery], s: ClearSettings, backend: Backend, store: JudgmentStore, result: MethodResult,
                  cut: RetrieverCut, progress: bool) -> None:
     items: dict[str, ScoreRequest] = {}
@@ -36,7 +40,7 @@ async def score_passages(queries: list[ClearQuery], s: ClearSettings, backend: B
     for q in queries:
         q.confidence = {}
         for p in list(q.row.positive_passages) + [p for p, _ in q.pfns]:
-            key = f"{q.row.query_id}:{md5(q.answer)[:12]}:{p.docid}"  # identical requests are sent once
+            key = score_key(q.row.query_id, q.answer, p.docid)  # identical requests are sent once
             documents[key] = (q.row.query, cut(p.full_text), q.answer)
             owners.append((key, q, p, "positive" if p in q.row.positive_passages else "pfn"))
     fitter = PromptFitter(backend)  # the document is cut to fit the judge's input limit; the answer stays whole

@@ -235,13 +235,14 @@ class CostLedger:
                 f"{row.wall_s:.1f}", "n/a" if money is None else f"{money:,.4f}")
 
 
-def chat_token_counter(tokenizer) -> Callable[[Iterable[dict]], int]:
-    """``messages -> prompt tokens`` with the judge's tokenizer: its chat template with the
-    generation prompt when it has one (the plain ``Role: content`` rendering otherwise)."""
+def chat_token_counter(tokenizer) -> Callable[..., int]:
+    """``(messages, continuation="") -> prompt tokens`` with the judge's tokenizer: its chat
+    template with the generation prompt when it has one (the plain ``Role: content`` rendering
+    otherwise), followed by ``continuation`` (a scored answer, which is prefilled: prompt tokens)."""
     from builders.endpoints import render_chat_prompt
 
-    def count(messages) -> int:
-        text = render_chat_prompt(list(messages), tokenizer)
+    def count(messages, continuation: str = "") -> int:
+        text = render_chat_prompt(list(messages), tokenizer) + continuation
         return len(tokenizer(text, add_special_tokens=not tokenizer.chat_template).input_ids)
     return count
 

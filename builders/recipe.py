@@ -73,6 +73,16 @@ class DryRunConfig:
     stage2_share: float = 0.72  # share of queries stage 1 flags (RLHN fixtures: 36 of 50)
     tokenizer: str | None = None  # a tokenizer to count prompt tokens when the judge has none
     completion_tokens: float = 64.0  # expected completion tokens per call, for the cost estimate
+    # CLEAR: run the (local, CPU) PFN retrieval so the number of score calls is exact; false: an
+    # upper bound (min(top_n, max_pfn, pool) candidates scored per query), no embedder loaded
+    clear_retrieval: bool = True
+    answer_tokens: int = 32  # CLEAR: tokens of an answer the judge will extract (unknown before the run)
+    # ARHN rank (its prompts hold stage 1's snippets, unknown before the run). Paper (ARHN, Table 4,
+    # Qwen3-32B, N=10): 1.6 negatives relabeled + 2.2 filtered per query, so 3.8 of 10 negatives
+    # have a snippet and nearly every query has at least one.
+    arhn_rank_share: float = 0.9  # share of extracted queries with an answering negative (ranked)
+    arhn_answering_share: float = 0.38  # share of a ranked query's judged negatives with a snippet
+    snippet_tokens: int = 48  # tokens per snippet (one to three sentences)
 
 
 @dataclass
