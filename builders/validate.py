@@ -88,6 +88,13 @@ class ValidationReport:
         }
 
 
+_SCHEMA_COLUMNS = {  # what the row itself holds; the rest of a record goes to ``QueryRow.extra``
+    "bge": frozenset({"query", "query_id", "pos", "neg", "pos_scores", "neg_scores", "subset", "prompt", "type"}),
+    "tevatron": frozenset({"query", "query_id", "positive_passages", "negative_passages", "positive_scores",
+                           "negative_scores", "subset"}),
+}
+
+
 def _texts(d: dict, layout: str, which: str) -> tuple[list, list | None, list | None]:
     """(passage texts as found, titles or None, given docids or None) for ``which`` in {"pos", "neg"}."""
     if layout == "bge":
@@ -187,7 +194,8 @@ def check_record(rec: RawRecord, policy: Policy = "skip") -> tuple[QueryRow | No
             problem(kind, detail, action, qid)
         if action == "skipped":
             return None, problems
-    extra = {k: v for k, v in d.items() if k in ("type", "prompt")} if rec.layout == "tevatron" else {}
+    # every other source column travels with the row (an ``answer`` column for CLEAR, ``category``, ...)
+    extra = {k: v for k, v in d.items() if k not in _SCHEMA_COLUMNS[rec.layout]}
     row = QueryRow(
         query_id=qid,
         query=query,

@@ -75,3 +75,22 @@ def test_good_bge_row_keeps_prompt_type_and_scores(tmp_path):
     assert r.query_id == md5(GOOD["query"]) and r.prompt == "p" and r.type == "normal" and r.subset == "mixed"
     assert [p.score for p in r.negative_passages] == [0.1, 0.2]
     assert r.to_bge() == row
+
+
+def test_other_source_columns_travel_with_the_row(tmp_path):
+    """An ``answers`` column (CLEAR's dataset answer) and the like reach ``QueryRow.extra`` in both layouts."""
+    from builders.clear_answers import dataset_answer
+    from builders.clear_settings import ClearSettings
+
+    bge = dict(GOOD, answers=["a bird"], category="qa")
+    tevatron = {"query_id": "t1", "query": "what is a kiwi", "answer": "a bird", "subset": "nq",
+                "positive_passages": [{"docid": "p", "title": "", "text": "A kiwi is a bird."}],
+                "negative_passages": [{"docid": "n", "title": "", "text": "A car."}]}
+    (row,) = validate(read_files(str(_write(tmp_path, [bge]))), "fail")
+    assert row.extra == {"answers": ["a bird"], "category": "qa"}
+    path = tmp_path / "tev.jsonl"
+    path.write_text(json.dumps(tevatron) + "\n")
+    (tev,) = validate(read_files(str(path), layout="tevatron"), "fail")
+    assert tev.extra == {"answer": "a bird"}
+    fields = ClearSettings().answer_fields
+    assert dataset_answer(row, fields) == dataset_answer(tev, fields) == "a bird"
