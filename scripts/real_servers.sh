@@ -23,6 +23,7 @@ CACHE="${HARDNEG_CACHE:-$HOME/.cache/hardneg}"
 WHEELS="$CACHE/wheels"
 MODEL_HF="$CACHE/smollm2-hf"
 VENV="${HARDNEG_SERVERS_VENV:-.venv-servers}"
+case "$VENV" in /*) ;; *) VENV="$PWD/$VENV" ;; esac  # absolute: the tests start servers from other folders
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 LLAMA_VERSION=0.3.36
 VLLM_VERSION=0.32.0

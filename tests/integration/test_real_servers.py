@@ -31,7 +31,7 @@ from tests.integration.smollm2_hf import gguf_path
 pytestmark = pytest.mark.servers
 
 ROOT = Path(__file__).resolve().parents[2]
-VENV = Path(os.environ.get("HARDNEG_SERVERS_VENV", ROOT / ".venv-servers"))
+VENV = (ROOT / os.environ.get("HARDNEG_SERVERS_VENV", ".venv-servers")).resolve()  # relative: to the repo root
 CACHE = Path(os.environ.get("HARDNEG_CACHE", Path.home() / ".cache" / "hardneg"))
 MODEL_HF = CACHE / "smollm2-hf"
 SERVED = "smollm2"
