@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -100,6 +101,7 @@ def run_ours(args, model: str, data: Path, workdir: Path, gradcache: bool) -> di
     from trainers.embedder_trainer import train
 
     out = workdir / ("ours-gc" if gradcache else "ours")
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run each round: never a resume of the last one
     cfg = EmbedderConfig(model=model, pooling="mean", normalize=True, query_max_len=args.max_len,
                          passage_max_len=args.max_len, temperature=args.temperature, group_size=args.group_size,
                          batch_size=args.batch_size, lr=2e-5, max_steps=args.steps, bf16=args.bf16,
