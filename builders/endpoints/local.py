@@ -113,6 +113,7 @@ class LocalBackend(Backend):
         self.max_new_tokens = max_new_tokens
         self.max_input_tokens = max_input_tokens
         self._context_reader = context_reader
+        self._context: asyncio.Future | None = None  # the context read once, shared by concurrent callers
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._vocab: TokenTexts | None = None  # token texts for constrained decoding, built on first use
@@ -185,7 +186,13 @@ class LocalBackend(Backend):
         if self.loaded or self._context_reader is None:
             context = context_length(self.model.config)
         else:
-            context = await asyncio.to_thread(self._context_reader)
+            if self._context is None or self._context.get_loop() is not asyncio.get_running_loop():
+                # One read, off the event loop, shared by every prompt being fitted: concurrent
+                # readers in threads would race through transformers' lazy imports (ImportError).
+                from transformers import AutoConfig  # noqa: F401 - the lazy import happens on this thread
+
+                self._context = asyncio.ensure_future(asyncio.to_thread(self._context_reader))
+            context = await asyncio.shield(self._context)
         if self.max_new_tokens is not None:
             max_new_tokens = min(max_new_tokens, self.max_new_tokens)
         return None if context is None else context - max_new_tokens

@@ -4,6 +4,7 @@ the TGI stand-in, whose /info states a small max_input_tokens and which answers 
 from __future__ import annotations
 
 import asyncio
+import time
 import random
 import re
 
@@ -202,6 +203,26 @@ def test_local_limit_is_the_model_context_without_loading_weights(tmp_path):
     assert asyncio.run(backend.input_limit(100)) == 4096 - 100 and not backend.loaded
     spans = asyncio.run(backend.token_spans("Query: what is a cat?"))
     assert len(spans) == backend.count_tokens("Query: what is a cat?")
+
+
+def test_local_limit_is_read_once_for_many_concurrent_prompts():
+    """Every prompt being fitted asks for the limit at once: one read, shared (concurrent reads in
+    threads raced through transformers' lazy imports and broke the demo)."""
+    from builders.endpoints.local import LocalBackend
+
+    reads = []
+
+    def reader():
+        reads.append(1)
+        time.sleep(0.05)
+        return 2048
+
+    backend = LocalBackend(loader=lambda: (None, None), model_id="m", context_reader=reader)
+
+    async def many():
+        return await asyncio.gather(*(backend.input_limit(48) for _ in range(20)))
+
+    assert asyncio.run(many()) == [2000] * 20 and len(reads) == 1
 
 
 def test_arhn_snippets_are_verified_against_the_text_the_judge_was_shown(tgi_stand_in, tmp_path):
