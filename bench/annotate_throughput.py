@@ -50,7 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx2  # noqa: E402
 
-from bench.simulator import OCCUPANCY_BIN_S, SimulatorConfig, SimulatorProcess  # noqa: E402
+from bench.simulator import OCCUPANCY_BIN_S, SimulatorConfig  # noqa: E402
+from bench.simulator_process import SimulatorProcess  # noqa: E402
 from builders.annotate import FLEET_RETRY, Annotator, RetryPolicy  # noqa: E402
 from builders.endpoints import EndpointSpec  # noqa: E402
 from builders.endpoints.base import GenerateRequest  # noqa: E402

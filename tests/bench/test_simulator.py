@@ -9,7 +9,8 @@ import time
 import aiohttp
 import pytest
 
-from bench.simulator import Simulator, SimulatorConfig, SimulatorProcess, count_chat_tokens, count_text_tokens
+from bench.simulator import Simulator, SimulatorConfig, count_chat_tokens, count_text_tokens
+from bench.simulator_process import SimulatorProcess
 
 BODY = {"inputs": "Is this passage relevant? Yes or no.", "parameters": {"max_new_tokens": 5}}
 
