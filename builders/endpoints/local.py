@@ -28,6 +28,7 @@ from builders.endpoints import EndpointSpec, render_chat_prompt
 from builders.endpoints.base import Backend, GenerateRequest, Generation, Scored, ScoreRequest, TokenScore
 from builders.endpoints.constrained import TokenTexts, eos_ids, generate_with_regex, vocab_size
 from builders.endpoints.spans import batched_tokenizer_spans
+from builders.endpoints.shared_read import SharedRead
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -113,7 +114,8 @@ class LocalBackend(Backend):
         self.max_new_tokens = max_new_tokens
         self.max_input_tokens = max_input_tokens
         self._context_reader = context_reader
-        self._context: asyncio.Future | None = None  # the context read once, shared by concurrent callers
+        # the context, read once off the event loop and shared by every prompt being fitted
+        self._context = SharedRead(lambda: asyncio.to_thread(context_reader)) if context_reader else None
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._vocab: TokenTexts | None = None  # token texts for constrained decoding, built on first use
@@ -186,13 +188,11 @@ class LocalBackend(Backend):
         if self.loaded or self._context_reader is None:
             context = context_length(self.model.config)
         else:
-            if self._context is None or self._context.get_loop() is not asyncio.get_running_loop():
-                # One read, off the event loop, shared by every prompt being fitted: concurrent
-                # readers in threads would race through transformers' lazy imports (ImportError).
-                from transformers import AutoConfig  # noqa: F401 - the lazy import happens on this thread
+            # one read for all: concurrent readers in threads would race through transformers'
+            # lazy imports (ImportError), so the import also happens here, on the loop's thread
+            from transformers import AutoConfig  # noqa: F401
 
-                self._context = asyncio.ensure_future(asyncio.to_thread(self._context_reader))
-            context = await asyncio.shield(self._context)
+            context = await self._context.get()
         if self.max_new_tokens is not None:
             max_new_tokens = min(max_new_tokens, self.max_new_tokens)
         return None if context is None else context - max_new_tokens

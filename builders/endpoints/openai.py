@@ -24,17 +24,15 @@ refuses to score.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import json
 
 from builders.endpoints import EndpointSpec, input_limit_from, render_chat_prompt
 from builders.endpoints.gbnf import regex_to_gbnf
 from builders.endpoints.base import Backend, Constraint, EndpointError, GenerateRequest, Generation, Scored, ScoreRequest, TokenScore
 from builders.endpoints.http import HttpClient
+from builders.endpoints.shared_read import LIMIT_RETRY_S, SharedRead
 from builders.endpoints.spans import batched_tokenizer_spans
 
-LIMIT_RETRY_S = 30.0  # a server that did not answer is asked again this much later
 REGEX_FLAVOURS = frozenset({"vllm", "sglang", "tgi", "llamacpp"})
 
 
@@ -79,9 +77,7 @@ class OpenAIBackend(Backend):
         self.http = HttpClient(self.base_url, timeout_s=spec.timeout_s,
                                headers={"Authorization": f"Bearer {token}"} if token else {})
         self._served_model: str | None = spec.model
-        self._context: dict | None = None  # {"tokens": the server's context length or None}, read once
-        self._context_read: asyncio.Future | None = None
-        self._read_at = 0.0  # when that read started
+        self._context = SharedRead(self._read_context, LIMIT_RETRY_S)  # {"tokens": the server's context or None}
 
     def count_tokens(self, text: str) -> int | None:
         if self.tokenizer is None:
@@ -105,26 +101,21 @@ class OpenAIBackend(Backend):
         ``n_ctx`` in ``GET /props``. Read once; None when the server offers neither."""
         if self.spec.max_input_tokens is not None:
             return self.spec.max_input_tokens
-        if self._context is None:
-            failed_long_ago = self._context_read is not None and self._context_read.done() and time.monotonic() - self._read_at > LIMIT_RETRY_S
-            if self._context_read is None or failed_long_ago or self._context_read.get_loop() is not asyncio.get_running_loop():
-                self._read_at = time.monotonic()
-                self._context_read = asyncio.ensure_future(self._read_context())  # one read shared by every caller
-            if not await asyncio.shield(self._context_read):
-                return None  # the server did not answer: unknown for now, asked again LIMIT_RETRY_S later
+        context = await self._context.get()
+        if context is None:
+            return None  # the server did not answer: unknown for now, asked again LIMIT_RETRY_S later
         if self.spec.max_new_tokens is not None:
             max_new_tokens = min(max_new_tokens, self.spec.max_new_tokens)
-        return input_limit_from(None, self._context["tokens"], max_new_tokens)
+        return input_limit_from(None, context["tokens"], max_new_tokens)
 
-    async def _read_context(self) -> bool:
-        """Keep the server's context length; False when it did not answer (a retryable error)."""
+    async def _read_context(self) -> dict | None:
+        """The server's context length; None when it did not answer (a retryable error)."""
         try:
-            self._context = {"tokens": await self._context_length()}
+            return {"tokens": await self._context_length()}
         except EndpointError as error:
             if error.retryable:
-                return False
-            self._context = {"tokens": None}  # no such route: no limit from it
-        return True
+                return None
+            return {"tokens": None}  # no such route: no limit from it
 
     async def _context_length(self) -> int | None:
         models, _ = await self.http.get("/v1/models")

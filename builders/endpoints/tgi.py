@@ -22,15 +22,12 @@ Transports (``EndpointSpec.transport``):
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 from builders.endpoints import EndpointSpec, input_limit_from, render_chat_prompt
 from builders.endpoints.base import Backend, EndpointError, GenerateRequest, Generation, Scored, ScoreRequest, TokenScore
 from builders.endpoints.http import HttpClient
+from builders.endpoints.shared_read import LIMIT_RETRY_S, SharedRead
 from builders.endpoints.spans import batched_tokenizer_spans
 
-LIMIT_RETRY_S = 30.0  # a server that did not answer /info is asked again this much later
 NO_PREFILL_MESSAGE = (
     "TGI returned an empty `prefill`: the server lacks --enable-prefill-logprobs (off by default since TGI 3.0), "
     "so it cannot give log-probabilities of prompt tokens. Restart it with --enable-prefill-logprobs, "
@@ -70,9 +67,7 @@ class TGIBackend(Backend):
         token = spec.api_key()
         self.http = HttpClient(self.url, timeout_s=spec.timeout_s,
                                headers={"Authorization": f"Bearer {token}"} if token else {})
-        self._limits: dict | None = None  # /info's max_input_tokens / max_total_tokens, read once
-        self._limits_read: asyncio.Future | None = None
-        self._read_at = 0.0  # when that read started
+        self._limits = SharedRead(self._read_limits, LIMIT_RETRY_S)  # /info's max_input_tokens / max_total_tokens
         self._hub = None
         if spec.transport == "huggingface_hub":
             from builders.endpoints.tgi_hub import HubTransport
@@ -105,16 +100,12 @@ class TGIBackend(Backend):
         max_new_tokens). /info is read once; a server that does not answer it gives None."""
         if self.spec.max_input_tokens is not None:
             return self.spec.max_input_tokens
-        if self._limits is None:
-            failed_long_ago = self._limits_read is not None and self._limits_read.done() and time.monotonic() - self._read_at > LIMIT_RETRY_S
-            if self._limits_read is None or failed_long_ago or self._limits_read.get_loop() is not asyncio.get_running_loop():
-                self._read_at = time.monotonic()
-                self._limits_read = asyncio.ensure_future(self._read_limits())  # one read shared by every caller
-            if not await asyncio.shield(self._limits_read):
-                return None  # the server did not answer: unknown for now, asked again LIMIT_RETRY_S later
+        limits = await self._limits.get()
+        if limits is None:
+            return None  # the server did not answer: unknown for now, asked again LIMIT_RETRY_S later
         if self.spec.max_new_tokens is not None:
             max_new_tokens = min(max_new_tokens, self.spec.max_new_tokens)
-        return input_limit_from(self._limits["max_input_tokens"], self._limits["max_total_tokens"], max_new_tokens)
+        return input_limit_from(limits["max_input_tokens"], limits["max_total_tokens"], max_new_tokens)
 
     async def _generate(self, prompt: str, parameters: dict) -> tuple[dict, dict]:
         """``(TGI /generate reply, response headers)`` through the configured transport."""
@@ -192,17 +183,16 @@ class TGIBackend(Backend):
         return Scored(scores, prompt_tokens=len(prefill) if prompt_tokens is None else prompt_tokens,
                       completion_tokens=completion_tokens, meta=self._meta(headers))
 
-    async def _read_limits(self) -> bool:
-        """Keep /info's limits; False when the server did not answer (a retryable error)."""
+    async def _read_limits(self) -> dict | None:
+        """/info's limits; None when the server did not answer (a retryable error)."""
         try:
             info, _ = await self.http.get("/info", timeout_s=min(self.spec.timeout_s, 10.0))
             info = info if isinstance(info, dict) else {}
         except EndpointError as error:
             if error.retryable:
-                return False
+                return None
             info = {}  # no /info route (a proxy, an older server): no limit from it
-        self._limits = {k: info.get(k) for k in ("max_input_tokens", "max_total_tokens")}
-        return True
+        return {k: info.get(k) for k in ("max_input_tokens", "max_total_tokens")}
 
     async def info(self) -> dict:
         """``GET /info``: model_id, max_concurrent_requests, max_input_tokens, max_total_tokens, ..."""
