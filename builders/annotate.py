@@ -328,24 +328,31 @@ class Annotator:
 
     async def _call(self, request: GenerateRequest, ledger: Ledger, tally: list[int]) -> Generation:
         """One answer with bounded retries of retryable errors; ``tally[0]`` counts the calls."""
-        for attempt in range(1, self.retry.max_attempts + 1):
-            ledger.calls += 1
-            tally[0] += 1
-            try:
-                if self.retry.attempt_timeout_s is not None:
-                    generation = await asyncio.wait_for(self.backend.generate(request), self.retry.attempt_timeout_s)
-                else:
-                    generation = await self.backend.generate(request)
-            except asyncio.TimeoutError:
-                error = EndpointError("timeout", f"no answer within attempt_timeout_s={self.retry.attempt_timeout_s}")
-            except EndpointError as caught:
-                error = caught
+        return await call_with_retries(lambda: self.backend.generate(request), self.retry, self._rng, ledger, tally)
+
+
+async def call_with_retries(call, retry: RetryPolicy, rng: random.Random, ledger: Ledger, tally: list[int]):
+    """``await call()`` (a ``Generation`` or ``Scored``) with bounded retries of retryable errors
+    and jittered backoff. Every attempt counts in ``ledger.calls`` and ``tally[0]``, every retry in
+    ``ledger.retries`` by kind, the answer's tokens in the ledger; the last error is raised."""
+    for attempt in range(1, retry.max_attempts + 1):
+        ledger.calls += 1
+        tally[0] += 1
+        try:
+            if retry.attempt_timeout_s is not None:
+                answer = await asyncio.wait_for(call(), retry.attempt_timeout_s)
             else:
-                ledger.prompt_tokens += generation.prompt_tokens or 0
-                ledger.completion_tokens += generation.completion_tokens or 0
-                return generation
-            if not error.retryable or attempt == self.retry.max_attempts:
-                raise error
-            ledger.retries[error.kind] += 1
-            await asyncio.sleep(self.retry.backoff_s(attempt, self._rng))
-        raise AssertionError("unreachable")
+                answer = await call()
+        except asyncio.TimeoutError:
+            error = EndpointError("timeout", f"no answer within attempt_timeout_s={retry.attempt_timeout_s}")
+        except EndpointError as caught:
+            error = caught
+        else:
+            ledger.prompt_tokens += answer.prompt_tokens or 0
+            ledger.completion_tokens += answer.completion_tokens or 0
+            return answer
+        if not error.retryable or attempt == retry.max_attempts:
+            raise error
+        ledger.retries[error.kind] += 1
+        await asyncio.sleep(retry.backoff_s(attempt, rng))
+    raise AssertionError("unreachable")

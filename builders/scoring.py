@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from builders.annotate import Ledger, RetryPolicy
+from builders.annotate import Ledger, RetryPolicy, call_with_retries
 from builders.endpoints.base import Backend, EndpointError, Scored, ScoreRequest, TokenScore
 from builders.store import Judgment, JudgmentStore, request_sha
 
@@ -65,28 +65,13 @@ def tokens_from_json(text: str) -> list[TokenScore]:
 
 async def _score_one(backend: Backend, request: ScoreRequest, retry: RetryPolicy, rng: random.Random, ledger: Ledger
                      ) -> tuple[Scored | EndpointError, int]:
-    for attempt in range(1, retry.max_attempts + 1):
-        ledger.calls += 1
-        try:
-            if retry.attempt_timeout_s is not None:
-                scored = await asyncio.wait_for(backend.score(request), retry.attempt_timeout_s)
-            else:
-                scored = await backend.score(request)
-        except asyncio.TimeoutError:
-            error = EndpointError("timeout", f"no answer within attempt_timeout_s={retry.attempt_timeout_s}")
-        except EndpointError as caught:
-            error = caught
-        else:
-            ledger.prompt_tokens += scored.prompt_tokens or 0
-            ledger.completion_tokens += scored.completion_tokens or 0
-            return scored, attempt
+    tally = [0]
+    try:
+        return await call_with_retries(lambda: backend.score(request), retry, rng, ledger, tally), tally[0]
+    except EndpointError as error:
         if error.status is None and not error.retryable:
             raise CannotScore(f"judge {backend.model_id} cannot score given answers: {error.message}") from error
-        if not error.retryable or attempt == retry.max_attempts:
-            return error, attempt
-        ledger.retries[error.kind] += 1
-        await asyncio.sleep(retry.backoff_s(attempt, rng))
-    raise AssertionError("unreachable")
+        return error, tally[0]
 
 
 async def score_all(backend: Backend, store: JudgmentStore, items: dict[str, ScoreRequest], *, stage: str,
