@@ -56,11 +56,11 @@ from builders.arhn_prompts import (  # noqa: F401 - re-exported: builders.arhn k
 )
 from builders.arhn_settings import ArhnSettings
 from builders.endpoints.base import Backend, GenerateRequest
-from builders.method import JudgeInfo, MethodResult
+from builders.method import JudgeInfo, MethodResult, judge_kind
 from builders.ranking import Ranking, parse_ranking
 from builders.retriever_cut import RetrieverCut
 from builders.rows import Passage, QueryRow, md5
-from builders.shorten import Fit, PromptFitter, too_long_message
+from builders.shorten import PromptFitter, count_fit, too_long_message
 from builders.snippets import CheckedSnippet, check_snippets, parse_blocks
 from builders.store import JudgmentStore
 
@@ -117,10 +117,10 @@ async def arun(rows: list[QueryRow], settings: ArhnSettings, *, backend: Backend
         queries.append(_Query(row, judged, cut(row.positive_passages[0].full_text), [cut(p.full_text) for p in judged]))
 
     if s.rank_on == "snippets":
-        result.judges.append(JudgeInfo("arhn/extract", backend.model_id, EXTRACT_VERSION, _kind(backend)))
+        result.judges.append(JudgeInfo("arhn/extract", backend.model_id, EXTRACT_VERSION, judge_kind(backend)))
         await _extract(queries, s, backend, store, result, retry, concurrency, progress)
     rank_version = PRHN_RANK_VERSION if s.rank_on == "passages" else RANK_VERSION
-    result.judges.append(JudgeInfo(f"{s.prefix}/rank", rank_backend.model_id, rank_version, _kind(rank_backend)))
+    result.judges.append(JudgeInfo(f"{s.prefix}/rank", rank_backend.model_id, rank_version, judge_kind(rank_backend)))
     await _rank(queries, s, rank_backend, store, result, retry, concurrency, progress)
 
     decisions = {id(q.row): q.decisions or {} for q in queries}
@@ -171,21 +171,6 @@ def _listed(ranking: Ranking | None, passages: bool) -> list[int] | None:
     return [e for e in ranking.order if e not in ranking.missing] if passages else ranking.order
 
 
-def _count_fit(result: MethodResult, subset: str, stage: str, fit: Fit) -> None:
-    """``builders.shorten``'s counts for one prompt (only when it cut something or refused)."""
-    if fit.shortened:
-        result.count(subset, f"{stage}_prompts_shortened")
-        result.count(subset, f"{stage}_passages_shortened", fit.passages_cut)
-        result.count(subset, f"{stage}_prompt_tokens_removed", fit.tokens_removed)
-    if fit.texts is None:
-        result.count(subset, f"{stage}_prompts_too_long")
-
-
-def _kind(backend: Backend) -> str:
-    name = type(backend).__name__.lower()
-    return next((k for k in ("tgi", "openai", "local") if k in name), name)
-
-
 def _account(result: MethodResult, subset: str, outcome: Outcome, accounted: set[str]) -> None:
     """Judge calls and tokens as the store recorded them (also for answers read back on resume,
     so a resumed run's stats equal an uninterrupted one's; what this run paid is in
@@ -217,7 +202,7 @@ async def _extract(queries: list[_Query], s: ArhnSettings, backend: Backend, sto
     accounted: set[str] = set()
     for q, fit in zip(queries, fits):
         subset = q.row.subset
-        _count_fit(result, subset, "extract", fit)
+        count_fit(result, subset, "extract", fit)
         if fit.texts is None:  # too long even cut to the floor: not sent, a failed judgment
             q.checked = None
             result.count(subset, "call_failures")
@@ -295,7 +280,7 @@ async def _rank(queries: list[_Query], s: ArhnSettings, backend: Backend, store:
     accounted: set[str] = set()
     for (q, has, entries), fit in zip(plans, fits):
         subset = q.row.subset
-        _count_fit(result, subset, "rank", fit)
+        count_fit(result, subset, "rank", fit)
         if fit.texts is None:  # too long even cut to the floor: not sent, a failed judgment
             result.count(subset, "call_failures")
             missing = [c.missing for c in q.checked[1:]] if q.checked else [False] * len(q.judged)

@@ -48,11 +48,10 @@ from builders.arhn import EXTRACT_VERSION, RetrieverCut
 from builders.clear_answers import dataset_answer, extract_answers
 from builders.clear_decide import decide
 from builders.clear_pool import find_pfns, load_corpus
-from builders.clear_records import judge_kind
 from builders.clear_scores import SCORE_PROMPT, SCORE_SYSTEM, SCORE_VERSION, score_passages, score_request
 from builders.clear_settings import ClearError, ClearQuery, ClearSettings
 from builders.endpoints.base import Backend
-from builders.method import JudgeInfo, MethodResult
+from builders.method import JudgeInfo, MethodResult, judge_kind
 from builders.rows import Passage, QueryRow
 from builders.store import JudgmentStore
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from builders.annotate import Annotator, RetryPolicy
 from builders.arhn import EXTRACT_VERSION, ArhnSettings, RetrieverCut, extract_request
-from builders.clear_records import count_fit, judgment_row, not_sent
+from builders.clear_records import judgment_row, not_sent
+from builders.shorten import count_fit
 from builders.clear_settings import ClearQuery, ClearSettings
 from builders.endpoints.base import Backend
 from builders.method import MethodResult
@@ -60,7 +61,7 @@ async def extract_answers(queries: list[ClearQuery], s: ClearSettings, backend: 
     accounted: set[str] = set()  # stats count the stored answers (also on resume), each once
     for q in queries:
         fit, subset = fits[key[id(q)]], q.row.subset
-        count_fit(result, subset, "answer", fit)
+        count_fit(result, subset, "answer", fit, passages=False)
         if fit.texts is None:  # too long even cut to the floor: not sent, a failed judgment
             result.count(subset, "call_failures")
             result.judgments.append(judgment_row(q, "clear/answer", backend, EXTRACT_VERSION,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from builders.clear_settings import ClearQuery
 from builders.endpoints.base import Backend
-from builders.method import MethodResult
 from builders.shorten import Fit, too_long_message
 from builders.store import Judgment
 
@@ -25,18 +24,3 @@ def not_sent(key: str, stage: str, backend: Backend, version: str, fit: Fit) -> 
     """The failed judgment of a prompt ``builders.shorten`` could not fit (never sent, not stored)."""
     return Judgment(stage=stage, judge_model=backend.model_id, prompt_version=version, key=key, status="failed",
                     error_kind="validation", error_message=too_long_message(fit), attempts=0)
-
-
-def count_fit(result: MethodResult, subset: str, stage: str, fit: Fit) -> None:
-    """``builders.shorten``'s counts for one prompt (only when it cut something or refused)."""
-    if fit.shortened:
-        result.count(subset, f"{stage}_prompts_shortened")
-        result.count(subset, f"{stage}_prompt_tokens_removed", fit.tokens_removed)
-    if fit.texts is None:
-        result.count(subset, f"{stage}_prompts_too_long")
-
-
-def judge_kind(backend: Backend) -> str:
-    name = type(backend).__name__.lower()
-    return next((k for k in ("tgi", "openai", "local") if k in name), name)
-

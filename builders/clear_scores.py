@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from builders.annotate import RetryPolicy
 from builders.arhn import RetrieverCut
-from builders.clear_records import count_fit, judgment_row, not_sent
+from builders.clear_records import judgment_row, not_sent
+from builders.shorten import count_fit
 from builders.clear_settings import ClearError, ClearQuery, ClearSettings
 from builders.confidence import ConfidenceError, answer_confidence
 from builders.endpoints.base import Backend, ScoreRequest
@@ -59,7 +60,7 @@ async def score_passages(queries: list[ClearQuery], s: ClearSettings, backend: B
     for key, q, p, role in owners:
         if key not in counted:
             counted.add(key)
-            count_fit(result, q.row.subset, "score", fits[key])
+            count_fit(result, q.row.subset, "score", fits[key], passages=False)
         if fits[key].texts is None:  # too long even cut to the floor: not sent, a failed judgment
             result.count(q.row.subset, "score_failures")
             similarity = next((v for x, v in q.pfns if x.docid == p.docid), q.positive_similarity)

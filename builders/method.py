@@ -22,6 +22,12 @@ class JudgeInfo:
     backend: str  # "tgi" | "openai" | "local"
 
 
+def judge_kind(backend) -> str:
+    """``JudgeInfo.backend`` for a backend: "tgi", "openai" or "local" (else its class name)."""
+    name = type(backend).__name__.lower()
+    return next((k for k in ("tgi", "openai", "local") if k in name), name)
+
+
 @dataclass
 class MethodResult:
     name: str  # "rlhn", "arhn", "clear", "percpos"

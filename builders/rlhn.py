@@ -19,7 +19,7 @@ is marked ``unparsed`` and counted.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Literal
 

@@ -224,3 +224,18 @@ def too_long_message(fit: Fit) -> str:
 
 __all__ = ["Fit", "FitTally", "MARKER", "PromptFitter", "ShortenError", "ShortenRule", "clip", "upper_bound",
            "water_level", "too_long_message"]
+
+
+def count_fit(result, subset: str, stage: str, fit: Fit, *, passages: bool = True) -> None:
+    """A method's counts of one fitted prompt (only when it cut something or refused), in
+    ``result`` (a ``builders.method.MethodResult``): ``<stage>_prompts_shortened``,
+    ``_passages_shortened`` (unless ``passages`` is False: one passage per prompt),
+    ``_prompt_tokens_removed`` and ``_prompts_too_long``."""
+    if fit.shortened:
+        result.count(subset, f"{stage}_prompts_shortened")
+        if passages:
+            result.count(subset, f"{stage}_passages_shortened", fit.passages_cut)
+        result.count(subset, f"{stage}_prompt_tokens_removed", fit.tokens_removed)
+    if fit.texts is None:
+        result.count(subset, f"{stage}_prompts_too_long")
+
