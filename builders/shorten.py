@@ -78,24 +78,6 @@ class Fit:
         return self.passages_cut > 0
 
 
-@dataclass
-class FitTally:
-    """Per-stage counts for stats, cards and the dry run."""
-
-    prompts: int = 0
-    shortened: int = 0
-    passages_cut: int = 0
-    tokens_removed: int = 0
-    too_long: int = 0
-
-    def add(self, fit: Fit) -> None:
-        self.prompts += 1
-        self.shortened += fit.shortened
-        self.passages_cut += fit.passages_cut
-        self.tokens_removed += fit.tokens_removed
-        self.too_long += fit.texts is None
-
-
 def water_level(lengths: Sequence[int], available: int, marker_tokens: int) -> int | None:
     """The largest cap c >= 0 with sum(min(L, c)) + marker_tokens * #{L > c} <= available
     (c = max(lengths) means nothing is cut); None when even c = 0 does not fit."""
@@ -222,7 +204,7 @@ def too_long_message(fit: Fit) -> str:
     return f"validation: {fit.error}"
 
 
-__all__ = ["Fit", "FitTally", "MARKER", "PromptFitter", "ShortenError", "ShortenRule", "clip", "upper_bound",
+__all__ = ["Fit", "MARKER", "PromptFitter", "ShortenError", "ShortenRule", "clip", "upper_bound",
            "water_level", "too_long_message"]
 
 

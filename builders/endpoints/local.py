@@ -199,11 +199,12 @@ class LocalBackend(Backend):
 
     # ------------------------------------------------------------------ generate
     async def generate(self, request: GenerateRequest) -> Generation:
-        return await asyncio.to_thread(self._generate_locked, request)
+        return await asyncio.to_thread(self._locked, self._generate, request)
 
-    def _generate_locked(self, request: GenerateRequest) -> Generation:
+    def _locked(self, work, request):
+        """One request at a time on the model, in a worker thread (the event loop stays free)."""
         with self._lock:
-            return self._generate(request)
+            return work(request)
 
     @torch.no_grad()
     def _generate(self, request: GenerateRequest) -> Generation:
@@ -254,11 +255,7 @@ class LocalBackend(Backend):
 
     # ------------------------------------------------------------------ score
     async def score(self, request: ScoreRequest) -> Scored:
-        return await asyncio.to_thread(self._score_locked, request)
-
-    def _score_locked(self, request: ScoreRequest) -> Scored:
-        with self._lock:
-            return self._score(request)
+        return await asyncio.to_thread(self._locked, self._score, request)
 
     @torch.no_grad()
     def _score(self, request: ScoreRequest) -> Scored:
