@@ -14,6 +14,7 @@ Rules both pushes follow:
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 import tempfile
@@ -50,6 +51,25 @@ class PushResult:
     version: str | None  # the tag on commit_sha, if any
     uploaded: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+
+
+    def summary(self) -> str:
+        """The line a publish command prints."""
+        tag = f", tagged {self.version}" if self.version else ""
+        return f"pushed {self.repo_id}@{self.revision}: {self.commit_url}{tag}"
+
+
+def add_push_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """The options every publish command takes (``what``: "build", "model")."""
+    parser.add_argument("--version", help=f"tag this {what} vX.Y (never overwrites an existing tag)")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    parser.add_argument("--revision", default="main", help="branch to push to (created if missing)")
+    parser.add_argument("--message", help="commit message")
+
+
+def push_options(args: argparse.Namespace) -> dict:
+    """``add_push_options``' values as the push functions' keyword arguments."""
+    return dict(version=args.version, private=args.private, commit_message=args.message, revision=args.revision)
 
 
 def resolve_token(token: str | None) -> str:

@@ -35,12 +35,14 @@ from builders.hub import (
     LARGE_UPLOAD_BYTES,
     HubPushError,
     PushResult,
+    add_push_options,
     assert_no_token,
     check_version,
     commit_and_tag,
     ensure_tag_free,
     local_files,
     prepare_repo,
+    push_options,
     read_remote_text,
     remote_files,
     resolve_token,
@@ -266,27 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m builders.publish", description=push_dataset.__doc__)
     parser.add_argument("folder", type=Path, help="the build's output folder (Hub layout)")
     parser.add_argument("repo_id", help="dataset repo, e.g. org/rlhn-680k")
-    parser.add_argument("--version", help="tag this build vX.Y (never overwrites an existing tag)")
-    parser.add_argument("--private", action="store_true", help="create the repo private")
-    parser.add_argument("--revision", default="main", help="branch to push to (created if missing)")
-    parser.add_argument("--message", help="commit message")
+    add_push_options(parser, "build")
     parser.add_argument("--build-report", type=Path, help="build report JSON when not in the folder")
     args = parser.parse_args(argv)
     try:
-        result = push_dataset(
-            args.folder,
-            args.repo_id,
-            version=args.version,
-            private=args.private,
-            commit_message=args.message,
-            revision=args.revision,
-            build_report=args.build_report,
-        )
+        result = push_dataset(args.folder, args.repo_id, build_report=args.build_report, **push_options(args))
     except HubPushError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    tag = f", tagged {result.version}" if result.version else ""
-    print(f"pushed {result.repo_id}@{result.revision}: {result.commit_url}{tag}; deleted {len(result.deleted)} stale file(s)")
+    print(f"{result.summary()}; deleted {len(result.deleted)} stale file(s)")
     return 0
 
 

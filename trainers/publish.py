@@ -29,12 +29,14 @@ from huggingface_hub import HfApi
 from builders.hub import (
     HubPushError,
     PushResult,
+    add_push_options,
     assert_no_token,
     check_version,
     commit_and_tag,
     ensure_tag_free,
     local_files,
     prepare_repo,
+    push_options,
     remote_files,
     resolve_token,
 )
@@ -114,25 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainers.publish", description=push_model.__doc__)
     parser.add_argument("model_dir", type=Path, help="the trainer's output folder")
     parser.add_argument("repo_id", help="model repo, e.g. org/minilm-rlhn")
-    parser.add_argument("--version", help="tag this model vX.Y (never overwrites an existing tag)")
-    parser.add_argument("--private", action="store_true", help="create the repo private")
-    parser.add_argument("--revision", default="main", help="branch to push to (created if missing)")
-    parser.add_argument("--message", help="commit message")
+    add_push_options(parser, "model")
     args = parser.parse_args(argv)
     try:
-        result = push_model(
-            args.model_dir,
-            args.repo_id,
-            version=args.version,
-            private=args.private,
-            commit_message=args.message,
-            revision=args.revision,
-        )
+        result = push_model(args.model_dir, args.repo_id, **push_options(args))
     except HubPushError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    tag = f", tagged {result.version}" if result.version else ""
-    print(f"pushed {result.repo_id}@{result.revision}: {result.commit_url}{tag}")
+    print(result.summary())
     return 0
 
 
