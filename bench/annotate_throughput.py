@@ -52,11 +52,11 @@ import httpx2  # noqa: E402
 
 from bench.simulator import OCCUPANCY_BIN_S, SimulatorConfig  # noqa: E402
 from bench.simulator_process import SimulatorProcess  # noqa: E402
-from builders.annotate import FLEET_RETRY, Annotator, RetryPolicy  # noqa: E402
-from builders.endpoints import EndpointSpec  # noqa: E402
-from builders.endpoints.base import GenerateRequest  # noqa: E402
-from builders.fleet import Fleet, FleetConfig  # noqa: E402
-from builders.store import JudgmentStore  # noqa: E402
+from builders.judges.annotate import FLEET_RETRY, Annotator, RetryPolicy  # noqa: E402
+from builders.judges.endpoints.base import GenerateRequest  # noqa: E402
+from builders.judges.endpoints.spec import EndpointSpec  # noqa: E402
+from builders.judges.fleet import Fleet, FleetConfig  # noqa: E402
+from builders.judges.store import JudgmentStore  # noqa: E402
 
 
 @dataclass

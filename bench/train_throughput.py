@@ -6,7 +6,7 @@
     python bench/train_throughput.py --random-init bert-base ...   # E5-base-sized random BERT (offline GPU box)
 
 Runs, each in its own process (so peak memory is measured cleanly):
-  ours      - ``trainers.embedder_trainer.train`` (InfoNCE over in-batch + hard negatives)
+  ours      - ``trainers.embedder.trainer.train`` (InfoNCE over in-batch + hard negatives)
   ours+gc   - the same with GradCache (``--gc-chunk`` texts per chunk)
   st        - sentence-transformers ``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss``
               (anchor, positive, k negative columns; scale = 1 / temperature)
@@ -57,7 +57,7 @@ def parse_args(argv=None):
 
 def prepare(args, workdir: Path) -> tuple[str, Path]:
     """Model folder and a jsonl of rows with at least k negatives, repeated to fill the steps."""
-    from trainers.embedder import resolve_model_path
+    from trainers.embedder.model import resolve_model_path
 
     model = resolve_model_path(args.model)
     if args.random_init:
@@ -97,8 +97,8 @@ def queries_per_second(step_seconds: list[float], batch: int, warmup: int) -> fl
 
 
 def run_ours(args, model: str, data: Path, workdir: Path, gradcache: bool) -> dict:
-    from trainers.embedder_config import EmbedderConfig
-    from trainers.embedder_trainer import train
+    from trainers.embedder.config import EmbedderConfig
+    from trainers.embedder.trainer import train
 
     out = workdir / ("ours-gc" if gradcache else "ours")
     shutil.rmtree(out, ignore_errors=True)  # a fresh run each round: never a resume of the last one
@@ -119,11 +119,11 @@ def run_st(args, model: str, data: Path, workdir: Path) -> dict:
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from transformers import TrainerCallback
 
-    from trainers.embedder import Embedder
+    from trainers.embedder.model import Embedder
 
     # the same starting point as ours: our Embedder's save of the base model (mean pooling, normalise)
     st_dir = workdir / "st-base"
-    emb = Embedder.from_config(__import__("trainers.embedder_config", fromlist=["EmbedderConfig"]).EmbedderConfig(
+    emb = Embedder.from_config(__import__("trainers.embedder.config", fromlist=["EmbedderConfig"]).EmbedderConfig(
         model=model, pooling="mean", normalize=True, query_max_len=args.max_len, passage_max_len=args.max_len))
     emb.save(st_dir)
     st = SentenceTransformer(str(st_dir), device="cuda" if _cuda() else "cpu")

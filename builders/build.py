@@ -19,19 +19,20 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from builders import arhn
-from builders.dry_estimates import arhn_rank_assumptions, arhn_rank_counts, check_limit, clear_plans, prompt_counter
-from builders.endpoints import Backend, EndpointSpec
-from builders.ledger import CostLedger, StagePlan, load_prices
-from builders.methods_run import MethodsRun, failures_of, judge_plan, make_judges, run_methods, stored_ledger
+from builders.judges.endpoints.base import Backend
+from builders.judges.endpoints.spec import EndpointSpec
+from builders.judges.ledger import CostLedger, StagePlan, load_prices
+from builders.methods.arhn import stages as arhn
+from builders.methods.rlhn.cascade import prompt_version, render_messages, variant_of, windows_of
+from builders.methods.run import MethodsRun, failures_of, judge_plan, make_judges, run_methods, stored_ledger
+from builders.output.writers import configs_yaml_entries, judgments_table, method_judgments_table
 from builders.recipe import Recipe, rlhn_settings
-from builders.rlhn import prompt_version, render_messages, variant_of, windows_of
 from builders.rows import QueryRow
-from builders.shard import Shard, select_records
-from builders.sources import read_sources
+from builders.scale.dry_estimates import arhn_rank_assumptions, arhn_rank_counts, check_limit, clear_plans, prompt_counter
+from builders.sources.readers import read_sources
+from builders.sources.shard_rows import Shard, select_records
+from builders.sources.validate import ValidationReport, validate
 from builders.streaming import ConfigSpool, ResultAccumulator, add_judge_runs, add_ledger, chunks
-from builders.validate import ValidationReport, validate
-from builders.writers import configs_yaml_entries, judgments_table, method_judgments_table
 from cards.dataset_card import DatasetCardInfo, write_dataset_card
 
 
@@ -83,7 +84,7 @@ def subset_counts(rows: list[QueryRow]) -> dict[str, dict[str, int]]:
 def dry_run(recipe: Recipe, progress: bool = True, out=None) -> dict:
     """Counts, one rendered prompt, and the estimated cost per stage (``CostLedger.estimate``
     over tokenizer counts of the real prompts; CLEAR's and ARHN's ranking in
-    ``builders.dry_estimates``, which states its assumptions); no judge is called."""
+    ``builders.scale.dry_estimates``, which states its assumptions); no judge is called."""
     out = out or sys.stdout
     rows, report = load_rows(recipe, progress)
     s = rlhn_settings(recipe)
@@ -137,7 +138,7 @@ def _rlhn_plans(recipe: Recipe, rows: list[QueryRow], s, result: dict, out) -> l
 
 def _arhn_plans(recipe: Recipe, rows: list[QueryRow], result: dict, out) -> list[StagePlan]:
     """ARHN's stage-1 prompts (every editable query, as they will be sent) and its ranking
-    prompts (an estimate: they hold stage 1's snippets, ``builders.dry_estimates``); PRHN's
+    prompts (an estimate: they hold stage 1's snippets, ``builders.scale.dry_estimates``); PRHN's
     ranking prompts (as they will be sent)."""
     plan = judge_plan(recipe)
     plans = []
@@ -183,7 +184,7 @@ async def _judge_chunks(recipe: Recipe, rows, spool: ConfigSpool, progress: bool
     """Every method the recipe names over the row stream, a chunk at a time (``chunk_rows``),
     with the judges built once: configs and judgments go to the spool, counts and ledgers are
     summed chunk by chunk."""
-    from builders.store import JudgmentStore
+    from builders.judges.store import JudgmentStore
 
     judges = backends or make_judges(judge_plan(recipe), recipe.fleet)
     rlhn = rlhn_settings(recipe)
@@ -237,7 +238,7 @@ def _judgments_table(result) -> tuple[str, pa.Table]:
 
 
 def build(recipe: Recipe, command: str, progress: bool = True, out=None, shard: Shard | None = None, backends: dict[str, Backend] | None = None) -> dict:
-    """``shard``: build only that shard's rows (``builders.shard.build_shard`` sets the folders);
+    """``shard``: build only that shard's rows (``builders.scale.shard.build_shard`` sets the folders);
     ``backends``: stage -> backend instead of the recipe's (the merge's store-only judges).
     Memory stays flat in the number of rows: rows stream from the source and are judged and
     written ``output.chunk_rows`` at a time (``builders.streaming``)."""

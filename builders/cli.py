@@ -3,7 +3,7 @@
 
 Builds the dataset a recipe names (see ``builders.recipe``); ``--dry-run`` only reads and
 validates the sources and prints counts, one rendered prompt and the estimated prompt tokens
-per stage. ``--push`` publishes the finished folder with ``builders.publish.push_dataset``.
+per stage. ``--push`` publishes the finished folder with ``builders.output.publish.push_dataset``.
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, overrides = parse_args(argv)
     from builders.build import build, dry_run
-    from builders.methods_run import BuildError
-    from builders.validate import InvalidRowError
+    from builders.methods.run import BuildError
+    from builders.sources.validate import InvalidRowError
 
     try:
         recipe = load_recipe(args.recipe, overrides)
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         command = "python -m builders.cli " + " ".join(shlex.quote(a) for a in argv if a != "--no-progress")
         if args.shard:
-            from builders.shard import build_shard, default_root, parse_shard
+            from builders.scale.shard import build_shard, default_root
+            from builders.sources.shard_rows import parse_shard
 
             shard = parse_shard(args.shard)
             build_shard(recipe, shard, args.shard_root or default_root(recipe, shard.count), command, progress=not args.no_progress)
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.push:
-        from builders.publish import push_dataset  # written by the hub helper; needed only for --push
+        from builders.output.publish import push_dataset  # written by the hub helper; needed only for --push
 
         info = push_dataset(report["folder"], args.push, version=args.version, private=args.private, token=None,
                             build_report=report["report"])  # source revision, judges and counts for the changelog

@@ -1,9 +1,9 @@
 """``python -m builders.distributed RECIPE --workers N [--shards S] [--executor local|slurm|ray]
 [--root DIR] [--out DIR] [--set key=value ...] [--merge-only]``
 
-Runs a build as S shards (``builders.shard``: by query_id hash, each with its own judgment
+Runs a build as S shards (``builders.scale.shard``: by query_id hash, each with its own judgment
 store, resumable) on datatrove's executors, then merges them into the dataset a
-single-machine build of the same recipe writes (byte-identical; see ``builders.shard``).
+single-machine build of the same recipe writes (byte-identical; see ``builders.scale.shard``).
 
 Why datatrove, not Ray itself or a home-made pool:
 - its unit of work is exactly ours: task ``rank`` of ``world_size``, run as many times as it
@@ -36,7 +36,8 @@ from pathlib import Path
 from datatrove.pipeline.base import PipelineStep
 
 from builders.recipe import Recipe, load_recipe
-from builders.shard import STORE, Shard, build_shard, default_root, merge
+from builders.scale.shard import STORE, build_shard, default_root, merge
+from builders.sources.shard_rows import Shard
 
 
 class ShardBuildStep(PipelineStep):

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import yaml
 
-from builders.arhn import ArhnSettings
-from builders.clear import ClearSettings
-from builders.endpoints import EndpointSpec
-from builders.fleet import FleetConfig
-from builders.percpos import PercPosSettings
-from builders.refine import RefineSettings
-from builders.rlhn import RlhnSettings
-from builders.sources import SourceConfig
+from builders.judges.endpoints.spec import EndpointSpec
+from builders.judges.fleet import FleetConfig
+from builders.methods.arhn.stages import ArhnSettings
+from builders.methods.clear.stages import ClearSettings
+from builders.methods.percpos import PercPosSettings
+from builders.methods.rlhn.cascade import RlhnSettings
+from builders.methods.rlhn.refine import RefineSettings
+from builders.sources.readers import SourceConfig
 
 
 @dataclass

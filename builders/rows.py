@@ -113,7 +113,7 @@ class QueryRow:
 
     @classmethod
     def from_bge(cls, d: dict, subset: str) -> QueryRow:
-        """Build a row from a validated BGE dict (see ``builders.sources`` for validation)."""
+        """Build a row from a validated BGE dict (see ``builders.sources.readers`` for validation)."""
         pos_scores = d.get("pos_scores") or []
         neg_scores = d.get("neg_scores") or []
 

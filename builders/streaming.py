@@ -29,10 +29,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from builders.ledger import CostLedger
-from builders.method import JudgeInfo, MethodResult
+from builders.judges.ledger import CostLedger
+from builders.methods.base import JudgeInfo, MethodResult
+from builders.output.writers import has_scores, judgments_table, tevatron_schema, tevatron_table, write_bge_jsonl
 from builders.rows import QueryRow
-from builders.writers import has_scores, judgments_table, tevatron_schema, tevatron_table, write_bge_jsonl
 
 BATCH_ROWS = 1_000  # rows per parquet write while streaming a spool into the final shards
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from builders.ledger import CostLedger
-from builders.method import MethodResult
+from builders.judges.ledger import CostLedger
+from builders.methods.base import MethodResult
 
 CHANGELOG_START = "<!-- hardneg:changelog:start -->"
 CHANGELOG_END = "<!-- hardneg:changelog:end -->"
@@ -49,7 +49,7 @@ CITATIONS = {
 class DatasetCardInfo:
     pretty_name: str
     license: str
-    configs: list[dict]  # README `configs:` entries (builders.writers.configs_yaml_entries)
+    configs: list[dict]  # README `configs:` entries (builders.output.writers.configs_yaml_entries)
     results: list[MethodResult]
     command: str
     source_datasets: list[str] = field(default_factory=list)  # Hub ids, or descriptions of local files

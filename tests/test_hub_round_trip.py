@@ -15,8 +15,8 @@ from datasets import load_dataset
 from huggingface_hub import HfApi
 from huggingface_hub.errors import RepositoryNotFoundError
 
-from builders.hub import TagExistsError
-from builders.publish import push_dataset
+from builders.output.hub import TagExistsError
+from builders.output.publish import push_dataset
 from tests.stand_ins.hub_samples import make_dataset_folder, make_model_folder
 from tests.stand_ins.hub_server import hub_stand_in
 from trainers.publish import push_model

@@ -247,12 +247,12 @@ def evaluate_reranker(
 ) -> dict[str, dict[str, float]]:
     """Metrics of the first stage alone and after reranking its top-k.
 
-    ``reranker`` is a saved reranker folder (loaded with ``trainers.reranker.load_reranker``, which
+    ``reranker`` is a saved reranker folder (loaded with ``trainers.reranker.model.load_reranker``, which
     reads the saved head contract) or any object with ``predict(pairs, batch_size=...)``;
     ``first_stage`` is a SentenceTransformer or its folder. Recall@k for k > top_k cannot exceed
     the first stage's.
     """
-    from trainers.reranker import load_reranker
+    from trainers.reranker.model import load_reranker
 
     scorer = load_reranker(reranker) if isinstance(reranker, (str, Path)) else reranker
     model = _as_sentence_transformer(first_stage)

@@ -3,7 +3,7 @@
 The trainers save a sentence-transformers folder with its generated `README.md` card and the
 `training_config.yaml` of the run. For LoRA runs there is also the PEFT adapter alone, in
 `adapter/`, and the merged weights (adapter folded into the base) either at the folder root (what
-`trainers/embedder.py` and `trainers/reranker.py` write) or in a `merged/` subfolder. On the Hub
+`trainers/embedder/model.py` and `trainers/reranker/model.py` write) or in a `merged/` subfolder. On the Hub
 the merged weights sit at the repo root, so `SentenceTransformer("org/model")` loads them, and
 the adapter goes under `adapter/`:
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from builders.hub import (
+from builders.output.hub import (
     HubPushError,
     PushResult,
     add_push_options,

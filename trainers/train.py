@@ -2,8 +2,8 @@
 <config.yaml> [--key value ...]``.
 
 The YAML's ``kind`` picks the trainer: ``embedder`` (LoRA embedders too: set the ``lora_*``
-fields) -> ``trainers.embedder_trainer``; ``cross_encoder`` / ``llm_reranker`` ->
-``trainers.reranker_trainer``. Everything after the YAML path overrides its keys.
+fields) -> ``trainers.embedder.trainer``; ``cross_encoder`` / ``llm_reranker`` ->
+``trainers.reranker.trainer``. Everything after the YAML path overrides its keys.
 ``--push org/name --version vX.Y`` (aliases of ``--push_to`` / ``--push_version``) pushes the saved
 model, card and ``training_config.yaml`` with ``trainers.publish.push_model`` (token from HF_TOKEN / login).
 """
@@ -77,12 +77,12 @@ def main(argv: list[str] | None = None) -> Path:
     check_launch(dict(os.environ), torch.cuda.is_available())
     kind = read_kind(config_path)
     if kind == "embedder":
-        from trainers.embedder_config import EmbedderConfig
-        from trainers.embedder_trainer import train
+        from trainers.embedder.config import EmbedderConfig
+        from trainers.embedder.trainer import train
 
         return train(load_config(EmbedderConfig, config_path, overrides))
-    from trainers.reranker_config import RerankerConfig
-    from trainers.reranker_trainer import train as train_reranker
+    from trainers.reranker.config import RerankerConfig
+    from trainers.reranker.trainer import train as train_reranker
 
     return train_reranker(load_config(RerankerConfig, config_path, overrides))
 

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from builders.build import build
+from builders.judges.store import JudgmentStore
 from builders.recipe import load_recipe
-from builders.store import JudgmentStore
 from tests.builders.test_build_methods import ARHN, EIFFEL, HAMLET, respond
 from tests.stand_ins.tgi_server import tokenize
 

@@ -15,7 +15,7 @@ import yaml
 
 from builders.build import build, dry_run
 from builders.cli import main
-from builders.methods_run import BuildError
+from builders.methods.run import BuildError
 from builders.recipe import load_recipe
 from builders.rows import md5
 from tests.stand_ins.tgi_server import prompt_of

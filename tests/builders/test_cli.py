@@ -9,8 +9,8 @@ import yaml
 
 from builders.cli import main, parse_args
 from builders.recipe import load_recipe
-from builders.sources import RLHN_SOURCES, expand_names
-from tests.builders.test_rlhn_replay import replay_recipe_dict, stages_for
+from builders.sources.readers import RLHN_SOURCES, expand_names
+from tests.builders.methods.rlhn.test_rlhn_replay import replay_recipe_dict, stages_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,9 +73,9 @@ def test_cli_builds_prints_load_line_and_pushes(tgi_stand_in, tmp_path, monkeypa
     servers, _ = stages_for(tgi_stand_in, subsets=("fiqa",))
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(replay_recipe_dict(servers[0].url, servers[1].url)))
     calls = []
-    fake = types.ModuleType("builders.publish")
+    fake = types.ModuleType("builders.output.publish")
     fake.push_dataset = lambda folder, repo_id, **kw: calls.append((folder, repo_id, kw))
-    monkeypatch.setitem(sys.modules, "builders.publish", fake)
+    monkeypatch.setitem(sys.modules, "builders.output.publish", fake)
     monkeypatch.chdir(tmp_path)
     assert main(["recipe.yaml", "--no-progress", "--out", "built", "--push", "org/rlhn-sample", "--version", "v1.0"]) == 0
     out = capsys.readouterr().out

@@ -11,9 +11,9 @@ from pathlib import Path
 import yaml
 
 from builders.build import build
+from builders.judges.store import JudgmentStore
 from builders.recipe import load_recipe
-from builders.store import JudgmentStore
-from tests.builders.test_rlhn_replay import replay_recipe_dict, stages_for
+from tests.builders.methods.rlhn.test_rlhn_replay import replay_recipe_dict, stages_for
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMAND = "python -m builders.cli recipe.yaml"

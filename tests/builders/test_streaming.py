@@ -6,11 +6,11 @@ import pytest
 import yaml
 
 from builders.build import build
+from builders.output.writers import write_dataset_repo
 from builders.recipe import load_recipe
 from builders.rows import Passage, QueryRow
 from builders.streaming import ConfigSpool, chunks
-from builders.writers import write_dataset_repo
-from tests.builders.test_rlhn_replay import replay_recipe_dict, stages_for
+from tests.builders.methods.rlhn.test_rlhn_replay import replay_recipe_dict, stages_for
 
 COMMAND = "python -m builders.cli recipe.yaml"
 

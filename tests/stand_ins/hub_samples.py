@@ -1,7 +1,7 @@
 """Things to push in Hub tests: a refined dataset folder and a "trained" model folder.
 
 Until the builder and trainer branches land, the tests build these themselves, in the layouts
-those branches write (see builders/publish.py and trainers/publish.py).
+those branches write (see builders/output/publish.py and trainers/publish.py).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from builders.shards import write_sharded_parquet
+from builders.output.parquet_shards import write_sharded_parquet
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "rlhn" / "msmarco_passage.stage_1.gpt-4o-mini.jsonl"
 TEVATRON_COLUMNS = ("query_id", "query", "positive_passages", "negative_passages", "subset")

@@ -60,8 +60,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
-from tests.stand_ins.hub_storage import HubError, HubStorage, Repo
 from tests.stand_ins.hub_routes import RepoRoutes
+from tests.stand_ins.hub_storage import HubError, HubStorage, Repo
 
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 

@@ -35,6 +35,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
+from tests.stand_ins.openai_routes import OpenAIRoutes
 from tests.stand_ins.tgi_protocol import (  # noqa: F401 - re-exported for tests
     DROP,
     ERROR_TYPES,
@@ -54,7 +55,7 @@ from tests.stand_ins.tgi_protocol import (  # noqa: F401 - re-exported for tests
     tokenize,
     too_long,
 )
-from tests.stand_ins.openai_routes import OpenAIRoutes
+
 
 class TGIStandIn:
     """A TGI-protocol server in a background thread; a context manager (``start``/``stop``)."""

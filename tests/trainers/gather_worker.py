@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from tests.trainers.tiny_models import random_batch, tiny_bert_embedder
-from trainers.embedder_trainer import scatter_passages
+from trainers.embedder.trainer import scatter_passages
 from trainers.losses import AMP, InfoNCE
 
 QUERIES, SLOTS = 6, 3

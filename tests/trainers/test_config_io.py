@@ -4,7 +4,7 @@ from typing import Literal
 import pytest
 
 from trainers.config_io import ConfigError, load_config
-from trainers.embedder_config import EmbedderConfig
+from trainers.embedder.config import EmbedderConfig
 
 
 @dataclass

@@ -4,7 +4,7 @@ from transformers import AutoTokenizer
 
 from tests.trainers.refined_data import fixture_rows, multi_positive_rows, write_refined
 from trainers.data import DataError, EmbedderCollator, TrainGroups, build_group, load_rows
-from trainers.embedder import resolve_model_path
+from trainers.embedder.model import resolve_model_path
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from huggingface_hub import HfApi
 
-from builders.hub import HubPushError, TagExistsError
+from builders.output.hub import HubPushError, TagExistsError
 from tests.stand_ins.hub_server import hub_stand_in
 from trainers.publish import push_model
 
@@ -70,7 +70,7 @@ def test_lora_layout_loads_merged_from_root_and_adapter_from_subfolder(hub, lora
 
 
 def test_root_layout_of_the_trainers_is_pushed_as_is(hub, lora_run, tmp_path):
-    """trainers/embedder.py writes the merged model at the root and the adapter beside it."""
+    """trainers/embedder/model.py writes the merged model at the root and the adapter beside it."""
     run, _ = lora_run
     flat = tmp_path / "flat"
     shutil.copytree(run / "merged", flat)

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from trainers.config_io import ConfigError, write_training_config
-from trainers.embedder_config import EmbedderConfig
-from trainers.reranker_config import RerankerConfig
+from trainers.embedder.config import EmbedderConfig
+from trainers.reranker.config import RerankerConfig
 from trainers.train import check_launch, expand_aliases
 
 

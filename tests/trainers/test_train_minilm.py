@@ -9,11 +9,11 @@ import torch
 from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-import trainers.embedder_trainer as embedder_trainer
+import trainers.embedder.trainer as embedder_trainer
 from tests.trainers.refined_data import fixture_rows, write_refined
 from trainers.config_io import load_config
-from trainers.embedder import Embedder, resolve_model_path
-from trainers.embedder_config import EmbedderConfig
+from trainers.embedder.config import EmbedderConfig
+from trainers.embedder.model import Embedder, resolve_model_path
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["how are dividends taxed", "Form 1099-B is furnished by brokerages to recipients."]

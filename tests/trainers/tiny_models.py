@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import BertConfig, BertModel
 
-from trainers.embedder import Embedder
+from trainers.embedder.model import Embedder
 
 
 def tiny_bert_embedder(seed: int = 0, dropout: float = 0.1, pooling: str = "mean") -> Embedder:

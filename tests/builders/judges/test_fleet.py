@@ -1,0 +1,267 @@
+"""The endpoint fleet: least-loaded routing, AIMD limits, work moving off dead endpoints,
+rejoin after a probe, nothing lost - against the loopback simulators (tiny service times)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from bench.simulator import Simulator, SimulatorConfig
+from builders.judges.annotate import Annotator, RetryPolicy
+from builders.judges.endpoints.base import Backend, EndpointError, GenerateRequest, Generation
+from builders.judges.endpoints.spec import EndpointSpec
+from builders.judges.fleet import Fleet, FleetConfig, FleetEndpoint
+from builders.judges.store import JudgmentStore
+
+
+def request(i: int = 0) -> GenerateRequest:
+    return GenerateRequest(messages=({"role": "user", "content": f"Is passage {i} relevant? Yes or no."},), max_new_tokens=4)
+
+
+def fleet_of(urls, kinds=None, **config) -> Fleet:
+    kinds = kinds or ["tgi"] * len(urls)
+    specs = [EndpointSpec(kind=kind, url=url, model="judge", timeout_s=5.0, concurrency=config.pop("spec_limit", 8))
+             for kind, url in zip(kinds, urls)]
+    return Fleet.from_specs(specs, FleetConfig(**{"probe_first_s": 0.05, "probe_max_s": 0.2, **config}))
+
+
+async def call_many(fleet: Fleet, n: int, attempts: int = 1) -> list:
+    """n concurrent calls; each retried up to ``attempts`` times (the annotator's job)."""
+    async def one(i):
+        for attempt in range(attempts):
+            try:
+                return await fleet.generate(request(i))
+            except EndpointError as error:
+                if attempt == attempts - 1:
+                    return error
+                await asyncio.sleep(0.05)
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+class _Idle(Backend):
+    model_id = "idle"
+
+    async def generate(self, request):  # pragma: no cover - routing tests never call it
+        raise AssertionError
+
+
+def test_pick_is_least_loaded_with_a_free_slot():
+    fleet = Fleet([FleetEndpoint(_Idle()) for _ in range(3)], FleetConfig(default_limit=10))
+    loads = [(6, 10.0), (3, 4.0), (5, 20.0)]  # in flight / limit: 0.6, 0.75, 0.25
+    for member, (in_flight, limit) in zip(fleet.members, loads):
+        member.stats.in_flight, member.stats.limit = in_flight, limit
+    assert fleet._pick({}).index == 2
+    assert fleet._pick({2: 0}).index == 0
+    fleet.members[0].stats.in_flight = 10  # full
+    assert fleet._pick({2: 0}).index == 1
+    fleet.members[1].stats.healthy = False
+    assert fleet._pick({2: 0}) is None
+    fleet.members[2].stats.succeeded = 1  # it answered another call since this one failed there
+    assert fleet._pick({2: 0}).index == 2
+
+
+def test_a_429_steps_the_limit_down_to_the_edge_then_cuts_if_it_repeats():
+    fleet = Fleet([FleetEndpoint(_Idle())], FleetConfig(default_limit=10, decrease=0.5))
+    member = fleet.members[0]
+    member.stats.limit = 12.0
+    fleet._on_overloaded(member, sent=time.monotonic(), in_flight_at_send=9)  # 8 held, the 9th refused
+    assert member.stats.limit == 8.0 and member.threshold == 8.0
+    fleet._on_overloaded(member, sent=member.decreased_at - 1, in_flight_at_send=8)
+    assert member.stats.limit == 8.0  # sent before the cut: the same round trip, no second cut
+    member.stats.succeeded += 3  # fewer than a limit's worth of answers since the cut ...
+    fleet._on_overloaded(member, sent=time.monotonic(), in_flight_at_send=8)
+    assert member.stats.limit == 4.0  # ... so others take slots too: multiplicative (0.5 x 8 < edge 7)
+    member.stats.succeeded += 4  # a round trip of answers later, a 429 marks the edge again
+    fleet._on_overloaded(member, sent=time.monotonic(), in_flight_at_send=4)
+    assert member.stats.limit == 3.0 and member.stats.decreases == 3
+
+
+def test_a_transient_5xx_is_resent_to_the_same_endpoint_once_it_answers_others():
+    """One endpoint, 20 % injected 503s: the fleet re-sends each failed call there after the
+    endpoint proves alive, so the caller sees no error and never has to back off."""
+    with Simulator(SimulatorConfig(slots=8, service_s=0.01, fail_rate=0.2, seed=3)) as sim:
+        async def run():
+            fleet = fleet_of(sim.urls)
+            answers = await call_many(fleet, 300, attempts=1)  # no caller retries at all
+            await fleet.aclose()
+            return fleet.stats()[0], answers
+        stats, answers = asyncio.run(run())
+        server = sim.stats()[0]
+    assert server.injected > 30
+    errors = [a for a in answers if not isinstance(a, Generation)]
+    assert len(errors) <= 2  # only a call failing while nothing else was in flight may surface
+    assert stats.moved >= server.injected - len(errors) and stats.deaths == 0
+
+
+def test_limits_start_from_info_and_traffic_follows_capacity():
+    with Simulator(SimulatorConfig(slots=12, service_s=0.03), SimulatorConfig(slots=3, service_s=0.03),
+                   SimulatorConfig(slots=5, service_s=0.03, advertise_info=False)) as sim:
+        async def run():
+            fleet = fleet_of(sim.urls, ["tgi", "tgi", "openai"], spec_limit=5)
+            answers = await call_many(fleet, 200)
+            await fleet.aclose()
+            return fleet.stats(), answers
+        stats, answers = asyncio.run(run())
+        servers = sim.stats()
+    assert all(isinstance(a, Generation) for a in answers)
+    assert [s.info_limit for s in stats] == [12, 3, None]
+    assert [s.max_input_tokens for s in stats] == [1_000_000, 1_000_000, None]
+    assert [s.ceiling for s in stats[:2]] == [12.0, 3.0]
+    assert [s.overloaded for s in servers[:2]] == [0, 0]  # /info's limit is never exceeded
+    assert [s.max_in_flight for s in stats[:2]] == [12, 3]
+    assert stats[2].max_in_flight >= 5  # without /info: from spec.concurrency, probing upwards (AIMD)
+    share = [s.succeeded / 200 for s in stats]  # capacity shares: 0.6, 0.15, 0.25
+    assert share[0] == pytest.approx(0.6, abs=0.15) and share[1] == pytest.approx(0.15, abs=0.1)
+    assert {answer.meta["endpoint"] for answer in answers} == {s.name for s in stats}
+
+
+def test_aimd_cuts_on_429_and_grows_back():
+    with Simulator(SimulatorConfig(slots=4, service_s=0.02, advertise_info=False)) as sim:
+        async def run():
+            fleet = fleet_of(sim.urls, default_limit=16)  # starts 4x too high
+            answers = await call_many(fleet, 200)
+            await fleet.aclose()
+            return fleet.stats()[0], answers
+        stats, answers = asyncio.run(run())
+        server = sim.stats()[0]
+    assert all(isinstance(a, Generation) for a in answers)  # 429s were re-sent inside the fleet
+    assert stats.overloaded == server.overloaded > 0 and stats.decreases >= 2
+    assert 2 <= stats.limit <= 8
+    assert server.overloaded < 0.5 * server.served  # it learned: 429s stop dominating
+
+
+def test_slow_start_climbs_to_capacity_without_info():
+    with Simulator(SimulatorConfig(slots=10, service_s=0.02, advertise_info=False)) as sim:
+        async def run():
+            fleet = fleet_of(sim.urls, default_limit=1)
+            await call_many(fleet, 200)
+            await fleet.aclose()
+            return fleet.stats()[0]
+        stats = asyncio.run(run())
+    assert stats.max_in_flight >= 8 and stats.limit >= 8
+
+
+def test_rising_queue_time_cuts_the_limit():
+    with Simulator(SimulatorConfig(slots=2, service_s=0.02, queue=100, advertise_info=False)) as sim:
+        async def run():
+            fleet = fleet_of(sim.urls, default_limit=16, queue_slack_ms=10, queue_ratio=0.5)
+            await call_many(fleet, 150)
+            await fleet.aclose()
+            return fleet.stats()[0]
+        stats = asyncio.run(run())
+        server = sim.stats()[0]
+    assert server.overloaded == 0  # the server queued; only x-queue-time told the fleet
+    assert stats.decreases >= 1 and stats.limit < 8
+
+
+def test_killed_endpoint_work_moves_and_nothing_is_lost():
+    with Simulator(SimulatorConfig(slots=8, service_s=0.03), SimulatorConfig(slots=8, service_s=0.03),
+                   lifetime_s=60) as sim:
+        async def run():
+            fleet = fleet_of(sim.urls, probe_first_s=30.0)  # no rejoin during this test
+            calls = asyncio.ensure_future(call_many(fleet, 400))
+            while fleet.stats()[0].succeeded < 20:  # kill it mid-run, once it has done some work
+                await asyncio.sleep(0.01)
+            await asyncio.get_running_loop().run_in_executor(None, sim.kill, 0)
+            answers = await calls
+            await fleet.aclose()
+            return fleet.stats(), answers
+        stats, answers = asyncio.run(run())
+    assert all(isinstance(a, Generation) for a in answers), [a for a in answers if not isinstance(a, Generation)][:3]
+    killed, alive = stats
+    assert killed.deaths == 1 and not killed.healthy
+    assert killed.moved >= 1 and killed.failures_by_kind.get("connection", 0) >= 1
+    assert alive.succeeded > killed.succeeded > 0
+
+
+def test_dead_endpoint_is_probed_and_rejoins():
+    with Simulator(SimulatorConfig(slots=4, service_s=0.01), SimulatorConfig(slots=4, service_s=0.01)) as sim:
+        async def run():
+            fleet = fleet_of(sim.urls)
+            await call_many(fleet, 20)
+            await asyncio.get_running_loop().run_in_executor(None, sim.kill, 0)
+            assert all(isinstance(a, Generation) for a in await call_many(fleet, 40))
+            dead = fleet.stats()[0]
+            await asyncio.get_running_loop().run_in_executor(None, sim.revive, 0)
+            deadline = time.monotonic() + 5
+            while not fleet.stats()[0].healthy and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            before = fleet.stats()[0].succeeded
+            assert all(isinstance(a, Generation) for a in await call_many(fleet, 60))
+            await fleet.aclose()
+            return dead, fleet.stats()[0], before
+        dead, back, before = asyncio.run(run())
+    assert not dead.healthy and dead.deaths == 1
+    assert back.healthy and back.rejoins == 1 and back.info_limit == 4
+    assert back.succeeded > before  # it takes work again
+
+
+def test_all_dead_surfaces_to_the_caller():
+    with Simulator(SimulatorConfig(slots=4, service_s=0.01)) as sim:
+        async def run():
+            fleet = fleet_of(sim.urls, probe_first_s=30.0)
+            await fleet.generate(request())
+            await asyncio.get_running_loop().run_in_executor(None, sim.kill, 0)
+            answers = await call_many(fleet, 30)
+            with pytest.raises(EndpointError) as caught:
+                await fleet.generate(request())
+            await fleet.aclose()
+            return answers, caught.value, fleet.stats()[0]
+        answers, error, stats = asyncio.run(run())
+    assert all(isinstance(a, EndpointError) and a.retryable for a in answers)
+    assert error.kind == "connection" and error.retryable and "down" in str(error)
+    assert not stats.healthy
+
+
+def test_validation_errors_are_not_moved():
+    with Simulator(SimulatorConfig(slots=4, service_s=0.01, max_input_tokens=3),
+                   SimulatorConfig(slots=4, service_s=0.01, max_input_tokens=3)) as sim:
+        async def run():
+            fleet = fleet_of(sim.urls)
+            with pytest.raises(EndpointError) as caught:
+                await fleet.generate(request())
+            await fleet.aclose()
+            return caught.value, fleet.stats()
+        error, stats = asyncio.run(run())
+    assert error.kind == "validation" and not error.retryable
+    assert sum(s.attempts for s in stats) == 1 and all(s.healthy for s in stats)
+
+
+def test_annotator_over_a_fleet_loses_nothing(tmp_path):
+    with Simulator(SimulatorConfig(slots=8, service_s=0.01, fail_rate=0.1, seed=1),
+                   SimulatorConfig(slots=4, service_s=0.02, fail_rate=0.1, seed=2, advertise_info=False)) as sim:
+        async def run():
+            fleet = fleet_of(sim.urls, ["tgi", "openai"])
+            annotator = Annotator(fleet, store, stage="fleet-test", prompt_version="v1", progress=False, seed=0,
+                                  retry=RetryPolicy(base_delay_s=0.02, max_attempts=8))
+            result = await annotator.run([(f"q{i}", request(i)) for i in range(200)])
+            await fleet.aclose()
+            return result, fleet.stats()
+
+        with JudgmentStore(tmp_path / "judgments.sqlite") as store:
+            result, stats = asyncio.run(run())
+            assert store.counts(stage="fleet-test") == {"ok": 200, "unparseable": 0, "failed": 0}
+    assert result.ledger.ok == 200 and result.ledger.failed == 0
+    assert sum(s.prompt_tokens for s in stats) == result.ledger.prompt_tokens > 0
+    assert sum(s.moved for s in stats) > 0  # some 503s were moved, never seen by the annotator
+    assert result.ledger.calls < sum(s.attempts for s in stats)
+
+
+def test_endpoint_that_stops_answering_times_out_and_its_work_moves():
+    with Simulator(SimulatorConfig(slots=4, service_s=0.01, kill_mode="hang"),
+                   SimulatorConfig(slots=4, service_s=0.01)) as sim:
+        async def run():
+            specs = [EndpointSpec(kind="tgi", url=url, model="judge", timeout_s=0.5) for url in sim.urls]
+            fleet = Fleet.from_specs(specs, FleetConfig(dead_after=4, probe_first_s=30.0))
+            await call_many(fleet, 10)
+            await asyncio.get_running_loop().run_in_executor(None, sim.kill, 0)
+            answers = await call_many(fleet, 60)
+            await fleet.aclose()
+            return answers, fleet.stats()
+        answers, (hung, alive) = asyncio.run(run())
+        sim.revive(0)  # let the hung handlers finish before the server stops
+    assert all(isinstance(a, Generation) for a in answers)
+    assert hung.failures_by_kind.get("timeout", 0) >= 4 and hung.deaths == 1 and not hung.healthy
+    assert alive.succeeded >= 60 - hung.succeeded
