@@ -1,0 +1,1 @@
+"""ARHN/PRHN: verbatim answer snippets per passage, then listwise ranking against the positive."""

@@ -1,0 +1,1 @@
+"""CLEAR: answer extraction, answer-token confidence scores, and relabel/augment/threshold decisions."""

@@ -1,0 +1,1 @@
+"""Write and publish a build: parquet configs in the Hub's layout, sharding, and the Hub push."""

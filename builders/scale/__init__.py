@@ -1,0 +1,2 @@
+"""Builds larger than one machine or one budget: ``--shard i/N`` and its merge, and the ``--dry-run``
+counts and cost estimates."""
