@@ -19,31 +19,10 @@ import yaml
 
 from builders.judges.ledger import CostLedger
 from builders.methods.base import MethodResult
+from cards.citations import CITATIONS
 
 CHANGELOG_START = "<!-- hardneg:changelog:start -->"
 CHANGELOG_END = "<!-- hardneg:changelog:end -->"
-
-CITATIONS = {
-    "rlhn": """@article{thakur2025rlhn,
-  title   = {Fixing Data That Hurts Performance: Cascading LLMs to Relabel Hard Negatives for Robust Information Retrieval},
-  author  = {Thakur, Nandan and Zhang, Crystina and Ma, Xueguang and Lin, Jimmy},
-  journal = {arXiv preprint arXiv:2505.16967},
-  year    = {2025}
-}""",
-    "arhn": """@article{arhn2025,
-  title   = {Answer-Centric Relabeling of Hard Negatives for Dense Retrieval Training (ARHN)},
-  note    = {Stage 1: answer snippets per document; stage 2: listwise ranking against the positive's snippet},
-  year    = {2025}
-}""",
-    "bge": """@misc{bge_embedding,
-  title         = {C-Pack: Packaged Resources To Advance General Chinese Embedding},
-  author        = {Shitao Xiao and Zheng Liu and Peitian Zhang and Niklas Muennighoff and Defu Lian and Jian-Yun Nie},
-  year          = {2023},
-  eprint        = {2309.07597},
-  archivePrefix = {arXiv}
-}""",
-}
-
 
 @dataclass
 class DatasetCardInfo:

@@ -22,36 +22,16 @@ from pathlib import Path
 
 import yaml
 
+from cards.citations import CITATIONS
+
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
+# The methods a training set can come from (display name) -> their entry in cards/citations.py.
 METHOD_CITATIONS = {
-    "RLHN": """@article{thakur2025rlhn,
-  title={Fixing Data That Hurts Performance: Cascading LLMs to Relabel Hard Negatives for Robust Information Retrieval},
-  author={Thakur, Nandan and Zhang, Crystina and Ma, Xueguang and Lin, Jimmy},
-  journal={arXiv preprint arXiv:2505.16967},
-  year={2025}
-}""",
-    # ARHN: arXiv 2604.11092 (authors from its arXiv page). CLEAR: anonymous ICLR 2026 submission on
-    # OpenReview (no author list published); trainers/losses/amp.py + cmp.py cite this same entry.
-    "ARHN": """@article{choi2026arhn,
-  title={{ARHN}: Answer-Centric Relabeling of Hard Negatives with Open-Source {LLMs} for Dense Retrieval},
-  author={Choi, Hyewon and Choi, Jooyoung and Jang, Hansol and Kim, Hyun and Yun, Chulmin and Jun, ChangWook and Choi, Stanley Jungkyu},
-  journal={arXiv preprint arXiv:2604.11092},
-  year={2026}
-}""",
-    "CLEAR": r"""@misc{clear2025,
-  title={{CLEAR}: Consistent Labeling Enhanced by {LLM}-driven Automated Re-labeling for Improved Information Retrieval},
-  author={Anonymous},
-  year={2025},
-  howpublished={ICLR 2026 conference submission 15173, \url{https://openreview.net/forum?id=RCtNvnifve}},
-  note={Under anonymous review. AMP = averaging multi-positive loss, CMP = confidence-weighted multi-positive loss}
-}""",
-    "TopK-PercPos": """@article{moreira2024nvretriever,
-  title={NV-Retriever: Improving text embedding models with effective hard-negative mining},
-  author={Moreira, Gabriel de Souza P. and Osmulski, Radek and Xu, Mengyao and Ak, Ronay and Schifferer, Benedikt and Oldridge, Even},
-  journal={arXiv preprint arXiv:2407.15831},
-  year={2024}
-}""",
+    "RLHN": CITATIONS["rlhn"],
+    "ARHN": CITATIONS["arhn"],
+    "CLEAR": CITATIONS["clear"],
+    "TopK-PercPos": CITATIONS["nv-retriever"],
 }
 
 _METHOD_PATTERNS = (

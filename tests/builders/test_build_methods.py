@@ -155,7 +155,7 @@ def test_rlhn_arhn_percpos_on_the_same_rows(tgi_stand_in, tmp_path):
             counters = stats[method][subset]
             want = [sum(v for k, v in counters.items() if k.startswith(t)) for t in ("prompt_tokens", "completion_tokens")]
             assert tokens == want and all(t > 0 for t in tokens)
-    assert "@article{arhn2025" in card and "## Cost ledger" in card
+    assert "@article{choi2026arhn" in card and "## Cost ledger" in card
 
     # the ledger (report and card) adds up to what the stand-in saw and is priced
     led = report["ledger"]

@@ -20,12 +20,9 @@ from collections.abc import Callable
 
 import torch
 
-CITATION = """@inproceedings{gao2021gradcache,
-  title={Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup},
-  author={Gao, Luyu and Zhang, Yunyi and Han, Jiawei and Callan, Jamie},
-  booktitle={Proceedings of the 6th Workshop on Representation Learning for NLP},
-  year={2021}
-}"""
+from cards.citations import CITATIONS
+
+CITATION = CITATIONS["gradcache"]
 
 
 class RngState:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from cards.model_card import METHOD_CITATIONS
+from cards.citations import CITATIONS
 from trainers.losses.infonce import InfoNCE
 
-CITATION = METHOD_CITATIONS["CLEAR"]  # one BibTeX entry for the card and the loss (cards/model_card.py)
+CITATION = CITATIONS["clear"]  # the entry the cards cite too (cards/citations.py)
 
 
 class AMP(InfoNCE):

@@ -22,18 +22,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-CITATION = """@inproceedings{oord2018cpc,
-  title={Representation Learning with Contrastive Predictive Coding},
-  author={van den Oord, Aaron and Li, Yazhe and Vinyals, Oriol},
-  booktitle={arXiv preprint arXiv:1807.03748},
-  year={2018}
-}
-@inproceedings{karpukhin2020dpr,
-  title={Dense Passage Retrieval for Open-Domain Question Answering},
-  author={Karpukhin, Vladimir and Oguz, Barlas and Min, Sewon and Lewis, Patrick and Wu, Ledell and Edunov, Sergey and Chen, Danqi and Yih, Wen-tau},
-  booktitle={Proceedings of EMNLP},
-  year={2020}
-}"""
+from cards.citations import bibtex
+
+CITATION = bibtex("infonce", "dpr")
 
 
 def world_size() -> int:

@@ -10,25 +10,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-LISTWISE_CITATION = """@article{nogueira2019passage,
-  title={Passage Re-ranking with BERT},
-  author={Nogueira, Rodrigo and Cho, Kyunghyun},
-  journal={arXiv preprint arXiv:1901.04085},
-  year={2019}
-}
-@inproceedings{gao2021rethink,
-  title={Rethink Training of BERT Rerankers in Multi-Stage Retrieval Pipeline},
-  author={Gao, Luyu and Dai, Zhuyun and Callan, Jamie},
-  booktitle={ECIR},
-  year={2021}
-}"""
+from cards.citations import CITATIONS, bibtex
 
-POINTWISE_CITATION = """@article{nogueira2019passage,
-  title={Passage Re-ranking with BERT},
-  author={Nogueira, Rodrigo and Cho, Kyunghyun},
-  journal={arXiv preprint arXiv:1901.04085},
-  year={2019}
-}"""
+LISTWISE_CITATION = bibtex("monobert", "lce")
+POINTWISE_CITATION = CITATIONS["monobert"]
 
 
 class ListwiseCE:
