@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from trainers.config_io import to_dict, write_training_config
 from trainers.data import Group, TrainGroups, load_rows
 from trainers.embedder.trainer import STATE_FILE, final_state_dict, hardware, last_checkpoint, log_and_checkpoint
-from trainers.losses.reranker import reranker_loss
+from trainers.losses import reranker_loss
 from trainers.reranker.config import RerankerConfig
 from trainers.reranker.model import Reranker, build_reranker, save_reranker
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trainers.data import TrainGroups, load_rows
-from trainers.losses.reranker import ListwiseCE, PointwiseBCE
+from trainers.losses import ListwiseCE, PointwiseBCE
 from trainers.reranker.config import RerankerConfig
 from trainers.reranker.model import (
     HEAD_CONTRACT_FILE,
