@@ -130,6 +130,36 @@ def test_resume_from_last_checkpoint_matches_uninterrupted_run(refined, uninterr
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_resume_with_gradient_accumulation_matches_uninterrupted_run(refined, uninterrupted, tmp_path, monkeypatch):
+    """5 micro-batches per epoch, 2 per optimizer step: steps 1-3 in epoch 0 (the last one a single micro-batch,
+    stepped at the end of the epoch), 4-5 in epoch 1. The checkpoint at step 2 is 4 micro-batches into epoch 0."""
+    model, _ = uninterrupted
+    extra = ("--gradient_accumulation_steps", "2", "--max_steps", "5")
+    whole = embedder_trainer.train(resume_cfg(model, refined, tmp_path / "whole", 0, *extra))
+    real_save = loop.save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise Crash("simulated preemption after the step-2 checkpoint")
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
+    with pytest.raises(Crash):
+        embedder_trainer.train(resume_cfg(model, refined, tmp_path / "resumed", 2, *extra))
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    state = json.loads((tmp_path / "resumed" / "checkpoints" / "step-2" / loop.STATE_FILE).read_text())
+    assert state == {"step": 2, "epoch": 0, "step_in_epoch": 4}
+    resumed = embedder_trainer.train(resume_cfg(model, refined, tmp_path / "resumed", 2, *extra))
+
+    def log(run):
+        return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+    assert [(e["step"], e["epoch"]) for e in log(whole.parent)] == [(1, 0), (2, 0), (3, 0), (4, 1), (5, 1)]
+    assert [e["loss"] for e in log(tmp_path / "resumed")] == pytest.approx([e["loss"] for e in log(whole.parent)],
+                                                                             abs=1e-6)
+    a, b = Embedder.load(whole).model.state_dict(), Embedder.load(resumed).model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
 @pytest.mark.parametrize("mode,gradcache", [("cmp", True), ("amp", False)])
 def test_multi_positive_training_paths(tmp_path, mode, gradcache):
     from tests.trainers.refined_data import multi_positive_rows

@@ -231,3 +231,24 @@ def test_reranker_resumes_from_checkpoint_to_the_same_model(tmp_path, tiny_qwen,
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path, tiny_qwen):
+    """Listwise CE is a mean over groups: 2 micro-batches of 2 accumulated are one batch of 4, step for step
+    (no dropout; scores do not depend on the batch's padding, see above)."""
+    from safetensors.torch import load_file
+
+    def run(name, batch, accumulate):
+        return train(llm_config(tmp_path / name, tiny_qwen, "causal_yes_no", max_rows=8, max_steps=2,
+                                per_device_train_batch_size=batch, gradient_accumulation_steps=accumulate))
+
+    whole, accumulated = run("whole", 4, 1), run("accumulated", 2, 2)
+    logs = [[json.loads(line) for line in (tmp_path / name / "run" / "train_log.jsonl").read_text().splitlines()]
+            for name in ("whole", "accumulated")]
+    assert [e["step"] for e in logs[1]] == [1, 2]
+    assert [e["loss"] for e in logs[1]] == pytest.approx([e["loss"] for e in logs[0]], abs=1e-5)
+    assert [e["lr"] for e in logs[1]] == [e["lr"] for e in logs[0]]
+    a = load_file(whole / "adapter" / "adapter_model.safetensors")
+    b = load_file(accumulated / "adapter" / "adapter_model.safetensors")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
