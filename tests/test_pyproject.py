@@ -4,6 +4,7 @@ callable, and ruff (its [tool.ruff] config) passes on the trainers, the cards an
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import shutil
 import subprocess
 import sys
