@@ -25,6 +25,7 @@ from builders.judges.ledger import CostLedger, StagePlan, load_prices
 from builders.methods.arhn import stages as arhn
 from builders.methods.rlhn.cascade import prompt_version, render_messages, variant_of, windows_of
 from builders.methods.run import MethodsRun, failures_of, judge_plan, make_judges, run_methods, stored_ledger
+from builders.output.dataset_info import describe_configs
 from builders.output.writers import configs_yaml_entries, judgments_table, method_judgments_table
 from builders.recipe import Recipe, rlhn_settings
 from builders.rows import QueryRow
@@ -274,10 +275,12 @@ def build(recipe: Recipe, command: str, progress: bool = True, out=None, shard: 
         }
     method_settings = {m: asdict(getattr(recipe, m)) for m in ("arhn", "prhn", "clear", "percpos") if getattr(recipe, m) is not None}
     sources = sorted({s.hub or s.path for s in recipe.sources})
+    configs, dataset_info = describe_configs(folder, configs_yaml_entries(order, default=main_config))  # keys fresh reads
     info = DatasetCardInfo(
         pretty_name=recipe.card.pretty_name or recipe.name,
         license=recipe.card.license,
-        configs=configs_yaml_entries(order, default=main_config),
+        configs=configs,
+        dataset_info=dataset_info,
         results=run.results,
         command=command,
         source_datasets=[recipe.card.source_dataset] if recipe.card.source_dataset else sources,
