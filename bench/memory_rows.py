@@ -8,7 +8,7 @@ Writes synthetic rows shaped like the BGE collection (``query, pos, neg``: 1 pos
 negatives of ~80 words each, every passage distinct) to a jsonl file per size, then runs the
 real build (``builders.build.build``: read -> validate -> RLHN -> techniques -> parquet per
 config + card) on it in a fresh process and reads that process's peak RSS (``VmHWM``). The
-subset is listed in ``rlhn.refine.untouched_subsets``, so no judge is called: this measures
+subset is listed in ``rlhn.never_edit_subsets``, so no judge is called: this measures
 the data path, not an endpoint. Prints both figures and their ratio (flat memory: a ratio
 near 1 while the rows grow 10x).
 """
@@ -70,7 +70,7 @@ def child(source: str, out: str, overrides: list[str]) -> None:
         ("name", "memory-bench"),
         ("sources", json.dumps([{"path": source, "subset": "synthetic"}])),
         ("validation.policy", "skip"),
-        ("rlhn.refine.untouched_subsets", "[synthetic]"),
+        ("rlhn.never_edit_subsets", "[synthetic]"),
         # never called (every row is untouched); an HTTP judge is built without loading a model
         ("judges.stage1", "{kind: tgi, url: 'http://127.0.0.1:9', model: unused}"),
         ("output.folder", out + "/dataset"),

@@ -1,5 +1,5 @@
-"""One build, start to end: sources -> validation -> RLHN judges -> techniques -> dataset
-repo folder (parquet per config + generated card) -> report JSON.
+"""One build, start to end: sources -> validation -> the recipe's methods (judges, decisions)
+-> dataset repo folder (parquet per config + generated card) -> report JSON.
 
 The judgment store makes a build resumable: rerun the same command after a crash or a kill
 and only the calls that never finished are made; the output is identical to an
@@ -10,26 +10,20 @@ calls made by this process).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import sys
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-import pyarrow as pa
-
 from builders.judges.endpoints.base import Backend
-from builders.judges.endpoints.spec import EndpointSpec
 from builders.judges.ledger import CostLedger, StagePlan, load_prices
-from builders.methods.arhn import stages as arhn
-from builders.methods.rlhn.cascade import prompt_version, render_messages, variant_of, windows_of
-from builders.methods.run import MethodsRun, failures_of, judge_plan, make_judges, run_methods, stored_ledger
+from builders.methods.base import never_edits
+from builders.methods.run import MethodsRun, failures_of, make_judges, run_methods, stored_ledger
 from builders.output.dataset_info import describe_configs
-from builders.output.writers import configs_yaml_entries, judgments_table, method_judgments_table
-from builders.recipe import Recipe, rlhn_settings
+from builders.output.writers import configs_yaml_entries
+from builders.recipe import Recipe, judge_plan, recipe_to_dict, selected
 from builders.rows import QueryRow
-from builders.scale.dry_estimates import arhn_rank_assumptions, arhn_rank_counts, check_limit, clear_plans, prompt_counter
 from builders.sources.readers import read_sources
 from builders.sources.shard_rows import Shard, select_records
 from builders.sources.validate import ValidationReport, validate
@@ -66,12 +60,6 @@ def load_line(folder: Path, config: str = "rlhn") -> str:
     return f'datasets.load_dataset("{folder}", "{config}", split="train")'
 
 
-def _specs(recipe: Recipe) -> list[tuple[str, EndpointSpec]]:
-    """RLHN's stages and the first endpoint of each (a fleet's members serve one model)."""
-    plan = judge_plan(recipe)
-    return [(name, plan[name][0]) for name in ("stage1", "stage2") if name in plan]
-
-
 def subset_counts(rows: list[QueryRow]) -> dict[str, dict[str, int]]:
     c: dict[str, Counter] = {}
     for r in rows:
@@ -84,101 +72,28 @@ def subset_counts(rows: list[QueryRow]) -> dict[str, dict[str, int]]:
 
 def dry_run(recipe: Recipe, progress: bool = True, out=None) -> dict:
     """Counts, one rendered prompt, and the estimated cost per stage (``CostLedger.estimate``
-    over tokenizer counts of the real prompts; CLEAR's and ARHN's ranking in
-    ``builders.scale.dry_estimates``, which states its assumptions); no judge is called."""
+    over tokenizer counts of the real prompts; each method's ``dry_run`` states what it
+    assumes where a prompt holds what an earlier call will write); no judge is called."""
     out = out or sys.stdout
     rows, report = load_rows(recipe, progress)
-    s = rlhn_settings(recipe)
     print(f"rows: {report.rows_read} read, {report.rows_kept} kept, {report.rows_skipped} skipped, {report.rows_repaired} repaired (policy {report.policy})", file=out)
     for kind, n in sorted(report.counts.items()):
         print(f"  {kind}: {n}", file=out)
-    untouched = set(s.refine.untouched_subsets) if s else set()
+    methods = selected(recipe)
     for subset, c in subset_counts(rows).items():
-        print(f"  {subset}: {c['rows']} rows, {c['positives']} positives, {c['negatives']} negatives{' (untouched)' if subset in untouched else ''}", file=out)
+        kept = [m.NAME for m, s in methods if never_edits(subset, s.never_edit_subsets)]
+        note = f" (not edited by {', '.join(kept)})" if kept else ""
+        print(f"  {subset}: {c['rows']} rows, {c['positives']} positives, {c['negatives']} negatives{note}", file=out)
     result = {"validation": report.to_dict(), "subsets": subset_counts(rows), "stages": {}}
+    plan = judge_plan(recipe)
     plans: list[StagePlan] = []
-    if s is not None:
-        plans += _rlhn_plans(recipe, rows, s, result, out)
-    plans += _arhn_plans(recipe, rows, result, out)
-    if recipe.clear is not None:
-        plans += clear_plans(recipe, rows, judge_plan(recipe)["stage1"], result, out)
-    if recipe.percpos is not None:
-        print("percpos: no judge calls (teacher scores)", file=out)
+    for method, settings in methods:
+        specs = {name: plan[name] for name in method.judges(settings, recipe.judges)}
+        plans += method.dry_run(rows, settings, specs, recipe.dry_run, result, out)
     estimate = CostLedger.estimate(plans, load_prices(recipe.prices))
     print("\n" + estimate.render(), file=out)
     result["estimate"] = estimate.as_dict()
     return result
-
-
-def _rlhn_plans(recipe: Recipe, rows: list[QueryRow], s, result: dict, out) -> list[StagePlan]:
-    """RLHN's prompts per stage (stage 2: the recipe's expected share of stage-1 flags); prints one."""
-    untouched = set(s.refine.untouched_subsets)
-    plans = []
-    judged = [r for r in rows if r.subset not in untouched and r.negative_passages]
-    windows = [w for r in judged for w in windows_of(r, s)]
-    result["prompts_stage1"] = len(windows)
-    if windows:
-        example = render_messages(windows[0], s)
-        print(f"\n--- rendered prompt ({prompt_version(variant_of(windows[0].row, s))}), {len(windows[0].negatives)} negatives ---", file=out)
-        for m in example:
-            print(f"[{m['role']}]\n{m['content']}", file=out)
-        print("--- end of prompt ---\n", file=out)
-    plan_specs = judge_plan(recipe)
-    for name, spec in _specs(recipe):
-        share = 1.0 if name == "stage1" else recipe.dry_run.stage2_share
-        how, count = prompt_counter(recipe, spec)
-        check = check_limit(plan_specs[name], [count(render_messages(w, s)) for w in windows], s.max_new_tokens)
-        plans.append(StagePlan(f"rlhn/{name}", spec.model_id, check.sent, share, recipe.dry_run.completion_tokens))
-        est, calls = int(sum(check.sent) * share), int(len(windows) * share)
-        print(f"{name} [{spec.model_id}]: ~{calls} prompts, ~{est:,} prompt tokens ({how}){'' if name == 'stage1' else f', stage-2 share {share}'}", file=out)
-        print(check.line(), file=out)
-        result["stages"][name] = {"judge": spec.model_id, "prompts": calls, "prompt_tokens": est, "counted_with": how,
-                                  **check.as_dict()}
-    return plans
-
-
-def _arhn_plans(recipe: Recipe, rows: list[QueryRow], result: dict, out) -> list[StagePlan]:
-    """ARHN's stage-1 prompts (every editable query, as they will be sent) and its ranking
-    prompts (an estimate: they hold stage 1's snippets, ``builders.scale.dry_estimates``); PRHN's
-    ranking prompts (as they will be sent)."""
-    plan = judge_plan(recipe)
-    plans = []
-    for settings in (recipe.arhn, dataclasses.replace(recipe.prhn, rank_on="passages") if recipe.prhn else None):
-        if settings is None:
-            continue
-        plain = dataclasses.replace(settings, constrained="off")  # the constraint is no prompt token
-        cut = arhn.RetrieverCut(plain.retriever_tokenizer, plain.retriever_max_length)
-        passages = plain.rank_on == "passages"
-        stage, judge = (f"{plain.prefix}/rank", "arhn_rank") if passages else (f"{plain.prefix}/extract", "arhn_extract")
-        spec, rank_spec = plan[judge][0], plan["arhn_rank"][0]
-        how, count = prompt_counter(recipe, spec)
-        rank_count = prompt_counter(recipe, rank_spec)[1]
-        counts, rank_counts = [], []
-        for row in rows:
-            if any(x.lower() in row.subset.lower() for x in plain.never_edit_subsets) or not row.negative_passages:
-                continue
-            docs = [cut(p.full_text) for p in row.positive_passages[:1] + row.negative_passages[: plain.max_negatives]]
-            request = (arhn.rank_request(row.query, docs, plain, None) if passages else arhn.extract_request(row.query, docs, plain, None))
-            counts.append(count(request.messages))
-            if not passages:
-                rank_counts.append(arhn_rank_counts(recipe, row.query, len(docs) - 1, plain, rank_count))
-        new_tokens = plain.rank_max_new_tokens if passages else plain.extract_max_new_tokens
-        check = check_limit(plan[judge], counts, new_tokens)
-        plans.append(StagePlan(stage, spec.model_id, check.sent, 1.0, recipe.dry_run.completion_tokens))
-        print(f"{stage} [{spec.model_id}]: {len(counts)} prompts, ~{sum(check.sent):,} prompt tokens ({how})", file=out)
-        print(check.line(), file=out)
-        result["stages"][stage] = {"judge": spec.model_id, "prompts": len(counts), "prompt_tokens": sum(check.sent),
-                                   "counted_with": how, **check.as_dict()}
-        if not passages and rank_counts:
-            share, rank = recipe.dry_run.arhn_rank_share, f"{plain.prefix}/rank"
-            check = check_limit(plan["arhn_rank"], rank_counts, plain.rank_max_new_tokens)
-            plans.append(StagePlan(rank, rank_spec.model_id, check.sent, share, recipe.dry_run.completion_tokens))
-            calls, tokens = round(share * len(rank_counts)), round(share * sum(check.sent))
-            print(f"{rank} [{rank_spec.model_id}]: ~{calls} prompts, ~{tokens:,} prompt tokens ({arhn_rank_assumptions(recipe)})", file=out)
-            print(check.line(), file=out)
-            result["stages"][rank] = {"judge": rank_spec.model_id, "prompts": calls, "prompt_tokens": tokens, "estimated": True,
-                                      "counted_with": how, **check.as_dict()}
-    return plans
 
 
 async def _judge_chunks(recipe: Recipe, rows, spool: ConfigSpool, progress: bool, backends: dict[str, Backend] | None = None):
@@ -188,8 +103,7 @@ async def _judge_chunks(recipe: Recipe, rows, spool: ConfigSpool, progress: bool
     from builders.judges.store import JudgmentStore
 
     judges = backends or make_judges(judge_plan(recipe), recipe.fleet)
-    rlhn = rlhn_settings(recipe)
-    untouched = {x.lower() for x in rlhn.refine.untouched_subsets} if rlhn is not None else set()
+    method_of = {m.NAME: m for m, _ in selected(recipe)}
     accumulators: dict[str, ResultAccumulator] = {}
     total = MethodsRun(ledger=CostLedger(prices=load_prices(recipe.prices)))
     stored = CostLedger(prices=load_prices(recipe.prices))
@@ -202,11 +116,9 @@ async def _judge_chunks(recipe: Recipe, rows, spool: ConfigSpool, progress: bool
                     spool.add({"default": chunk}, [])  # always: the agreement command compares against it
                 for r in run.results:
                     spool.add(r.configs, [])
-                    name, table = _judgments_table(r)
-                    spool.add_table(name, table)
-                    judged = r.name != "rlhn" or any(x.subset.lower() not in untouched and x.negative_passages for x in chunk)
-                    stage_order = ["stage1", "stage2"] if r.name == "rlhn" else []
-                    accumulators.setdefault(r.name, ResultAccumulator(r.name, stage_order)).add(r, judged)
+                    method = method_of[r.name]
+                    spool.add_table(method.JUDGMENTS, method.judgments_table(r.judgments))
+                    accumulators.setdefault(r.name, ResultAccumulator(r.name)).add(r, judged_any=bool(r.judgments))
                 add_ledger(stored, stored_ledger(run.results, recipe.prices))
                 add_ledger(total.ledger, run.ledger)
                 add_judge_runs(total.judge_runs, run.judge_runs)
@@ -221,21 +133,19 @@ async def _judge_chunks(recipe: Recipe, rows, spool: ConfigSpool, progress: bool
 
 
 def chunk_rows(recipe: Recipe) -> int | None:
-    """Rows judged and written at a time. RLHN and ARHN stream in ``output.chunk_rows`` chunks
-    (flat memory). CLEAR retrieves candidates over the whole passage pool and PercPos writes
-    judgments whose columns are inferred from its rows, so a build that runs either takes the
-    source in one chunk."""
-    return None if recipe.clear is not None or recipe.percpos is not None else recipe.output.chunk_rows
+    """Rows judged and written at a time: ``output.chunk_rows`` when every method the build
+    runs can judge a chunk at a time (``STREAMS``: RLHN, ARHN, PRHN; flat memory); else the
+    source in one chunk (CLEAR retrieves over the whole passage pool; PercPos infers its
+    judgments' columns from all its rows)."""
+    return recipe.output.chunk_rows if all(m.STREAMS for m, _ in selected(recipe)) else None
 
 
-def _judgments_table(result) -> tuple[str, pa.Table]:
-    """One judgments config per method, each with its own columns: ``judgments`` (RLHN),
-    ``judgments_arhn``, ``judgments_prhn``, ``judgments_clear``, ``judgments_percpos``."""
-    if result.name == "rlhn":
-        return "judgments", judgments_table(result.judgments)
-    if result.name in ("arhn", "prhn"):
-        return f"judgments_{result.name}", method_judgments_table(result.judgments, arhn.JUDGMENT_SCHEMA)
-    return f"judgments_{result.name}", method_judgments_table(result.judgments)
+def card_citations(recipe: Recipe, methods: list[tuple]) -> list[str]:
+    """What the dataset card cites (keys of ``cards/citations.py``): each method that ran, once,
+    and BGE's paper for the data unless every source is declared Tevatron-layout."""
+    keys = list(dict.fromkeys(m.CITATION for m, _ in methods))
+    tevatron_only = bool(recipe.sources) and all(s.layout == "tevatron" for s in recipe.sources)
+    return keys + ([] if tevatron_only else ["bge"])
 
 
 def build(recipe: Recipe, command: str, progress: bool = True, out=None, shard: Shard | None = None, backends: dict[str, Backend] | None = None) -> dict:
@@ -259,21 +169,8 @@ def build(recipe: Recipe, command: str, progress: bool = True, out=None, shard: 
     order = [c for c in first if c in written] + [c for c in written if c not in first]
     rows_per_config = {name: written[name] for name in order}
     method_configs = [c for r in run.results for c in r.configs if c in written]
-    main_config = "rlhn" if "rlhn" in written else (method_configs or order)[0]
-    settings = {}
-    s = rlhn_settings(recipe)
-    if s is not None:
-        settings = {
-            "max_flagged": s.refine.max_flagged,
-            "untouched_subsets": ",".join(s.refine.untouched_subsets),
-            "unjudged": s.refine.unjudged,
-            "negatives_per_prompt": s.negatives_per_prompt,
-            "max_prompts_per_query": s.max_prompts_per_query,
-            "max_passage_words": s.max_passage_words,
-            "escalate_unparsed": s.escalate_unparsed,
-            "temperature": s.temperature,
-        }
-    method_settings = {m: asdict(getattr(recipe, m)) for m in ("arhn", "prhn", "clear", "percpos") if getattr(recipe, m) is not None}
+    main_config = "rlhn" if "rlhn" in written else (method_configs or order or ["default"])[0]  # an empty shard writes none
+    methods = selected(recipe)
     sources = sorted({s.hub or s.path for s in recipe.sources})
     configs, dataset_info = describe_configs(folder, configs_yaml_entries(order, default=main_config))  # keys fresh reads
     info = DatasetCardInfo(
@@ -288,11 +185,11 @@ def build(recipe: Recipe, command: str, progress: bool = True, out=None, shard: 
         sources_kept=sorted(subsets),
         rows_per_config=rows_per_config,
         validation=vreport.to_dict(max_listed=0),
-        settings=settings,
         empty_configs=empty,
         language=recipe.card.language,
         ledger=stored,
-        method_settings=method_settings,
+        method_settings={m.NAME: m.card_settings(s) for m, s in methods},
+        citations=card_citations(recipe, methods),
     )
     write_dataset_card(folder, info)
     failures = failures_of(run.judge_runs)
@@ -310,7 +207,7 @@ def build(recipe: Recipe, command: str, progress: bool = True, out=None, shard: 
         "ledger": run.ledger.as_dict(),
         "fleets": run.fleets,
         "store": str(store_path(recipe)),
-        "recipe": json.loads(json.dumps(asdict(recipe), default=str)),
+        "recipe": json.loads(json.dumps(recipe_to_dict(recipe), default=str)),
     }
     rp = report_path(recipe)
     rp.parent.mkdir(parents=True, exist_ok=True)

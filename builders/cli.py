@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, overrides = parse_args(argv)
     from builders.build import build, dry_run
-    from builders.methods.run import BuildError
+    from builders.methods.base import BuildError
     from builders.sources.validate import InvalidRowError
 
     try:

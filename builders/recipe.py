@@ -11,6 +11,9 @@
 
 Overrides: ``--set rlhn.refine.max_flagged=4`` or ``--rlhn.refine.max_flagged 4``; values are
 read as YAML (``null``, ``4``, ``[a, b]``, ``true``).
+
+Method sections (``rlhn:``, ``arhn:``, ``prhn:``, ``clear:``, ``percpos:``) are the ``Settings`` of the
+methods in ``builders.methods.METHODS``, keyed by each method's ``NAME``; ``selected`` says which run.
 """
 
 from __future__ import annotations
@@ -23,14 +26,16 @@ from pathlib import Path
 
 import yaml
 
+import builders.methods
 from builders.judges.endpoints.spec import EndpointSpec
 from builders.judges.fleet import FleetConfig
-from builders.methods.arhn.stages import ArhnSettings
-from builders.methods.clear.stages import ClearSettings
-from builders.methods.percpos import PercPosSettings
-from builders.methods.rlhn.cascade import RlhnSettings
-from builders.methods.rlhn.refine import RefineSettings
+from builders.methods.base import BuildError
 from builders.sources.readers import SourceConfig
+
+# keys a recipe may still carry from earlier versions -> what to write instead
+RENAMED = {
+    "rlhn.refine.untouched_subsets": "rlhn.never_edit_subsets (the one never-edit rule every method follows)",
+}
 
 
 @dataclass
@@ -91,11 +96,8 @@ class Recipe:
     sources: list[SourceConfig] = field(default_factory=list)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     judges: JudgesConfig = field(default_factory=JudgesConfig)
-    rlhn: RlhnSettings | None = None  # None: RLHN runs (defaults) only when no other method is named
-    arhn: ArhnSettings | None = None
-    prhn: ArhnSettings | None = None  # PRHN: ARHN's settings with rank_on=passages
-    clear: ClearSettings | None = None
-    percpos: PercPosSettings | None = None
+    # method NAME -> its Settings, for the methods the recipe names (``selected``: which run)
+    methods: dict[str, object] = field(default_factory=dict)
     output: OutputConfig = field(default_factory=OutputConfig)
     card: CardConfig = field(default_factory=CardConfig)
     dry_run: DryRunConfig = field(default_factory=DryRunConfig)
@@ -103,12 +105,28 @@ class Recipe:
     prices: dict | None = None  # {model id: {prompt: USD/1M tokens, completion: USD/1M tokens}}
 
 
-def rlhn_settings(recipe: Recipe) -> RlhnSettings | None:
-    """RLHN's settings when the build runs RLHN: named in the recipe, or no other method named."""
-    if recipe.rlhn is not None:
-        return recipe.rlhn
-    others = (recipe.arhn, recipe.prhn, recipe.clear, recipe.percpos)
-    return RlhnSettings() if all(o is None for o in others) else None
+def selected(recipe: Recipe) -> list[tuple]:
+    """(method, settings) for every method the build runs, in ``METHODS`` order: the ones the
+    recipe names; none named: the default method (RLHN) with its default settings."""
+    named = [(m, recipe.methods[m.NAME]) for m in builders.methods.METHODS if m.NAME in recipe.methods]
+    return named or [(m, m.Settings()) for m in builders.methods.METHODS if m.DEFAULT]
+
+
+def settings_of(recipe: Recipe, method):
+    """``method``'s settings when the build runs it, else None."""
+    return next((s for m, s in selected(recipe) if m is method), None)
+
+
+def judge_plan(recipe: Recipe) -> dict[str, list[EndpointSpec]]:
+    """Judge name -> its endpoints, for the judges the build's methods ask."""
+    out: dict[str, list[EndpointSpec]] = {}
+    for method, settings in selected(recipe):
+        for name, spec in method.judges(settings, recipe.judges).items():
+            out.setdefault(name, judge_specs(spec))
+    for name, specs in out.items():
+        if not specs:
+            raise BuildError(f"recipe judges.{name} is an empty list: name at least one endpoint")
+    return out
 
 
 def judge_specs(spec: JudgeSpec | None) -> list[EndpointSpec]:
@@ -136,6 +154,9 @@ def _build(tp, value, where: str):
         hints = typing.get_type_hints(tp)
         names = {f.name for f in dataclasses.fields(tp)}
         unknown = sorted(set(value) - names)
+        renamed = [f"{where}.{k}".lstrip(".") for k in unknown if f"{where}.{k}".lstrip(".") in RENAMED]
+        if renamed:
+            raise ValueError("; ".join(f"recipe key {k} was renamed: write {RENAMED[k]}" for k in renamed))
         if unknown:
             raise ValueError(f"unknown recipe key(s) {', '.join(f'{where}.{k}'.lstrip('.') for k in unknown)}; known: {sorted(names)}")
         return tp(**{k: _build(hints[k], v, f"{where}.{k}".lstrip(".")) for k, v in value.items()})
@@ -177,7 +198,17 @@ def load_recipe(path: str | Path | None, overrides: list[tuple[str, str]] = ()) 
     for dotted, raw in overrides:
         apply_override(data, dotted, raw)
     _read_endpoint_files(data, Path(path).parent if path is not None else None)
-    return _build(Recipe, data, "")
+    if "methods" in data:
+        raise ValueError("recipe key `methods` is not a section: name each method at the top level (rlhn:, arhn:, ...)")
+    sections = {m.NAME: data.pop(m.NAME) for m in builders.methods.METHODS if m.NAME in data}
+    try:
+        recipe = _build(Recipe, data, "")
+    except ValueError as error:
+        if "unknown recipe key" not in str(error):
+            raise
+        raise ValueError(f"{error} (method sections: {[m.NAME for m in builders.methods.METHODS]})") from None
+    recipe.methods = {m.NAME: _build(m.Settings, sections[m.NAME], m.NAME) for m in builders.methods.METHODS if sections.get(m.NAME) is not None}
+    return recipe
 
 
 def _read_endpoint_files(data: dict, recipe_folder: Path | None) -> None:
@@ -209,7 +240,9 @@ def _read_endpoint_files(data: dict, recipe_folder: Path | None) -> None:
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:
-    return dataclasses.asdict(recipe)
-
-
-__all__ = ["Recipe", "ValidationConfig", "JudgesConfig", "OutputConfig", "CardConfig", "DryRunConfig", "RefineSettings", "JudgeSpec", "rlhn_settings", "judge_specs", "load_recipe", "apply_override"]
+    """The recipe as YAML would hold it: method sections at the top level."""
+    d = dataclasses.asdict(recipe)
+    methods = {m.NAME: d["methods"].get(m.NAME) for m in builders.methods.METHODS}
+    d.pop("methods")
+    return {**{k: v for k, v in d.items() if k not in ("output", "card", "dry_run", "fleet", "prices")}, **methods,
+            **{k: d[k] for k in ("output", "card", "dry_run", "fleet", "prices")}}

@@ -164,13 +164,14 @@ class ResultAccumulator:
     """Sums one method's chunk results into one ``MethodResult`` (configs hold names only: the
     rows are in the spool; judgments are in the spool too)."""
 
-    def __init__(self, name: str, stage_order: list[str]):
+    def __init__(self, name: str):
         self.result = MethodResult(name=name, configs={})
-        self.stage_order = stage_order
         self.judges: list[JudgeInfo] = []
         self.fallback_judges: list[JudgeInfo] = []
 
     def add(self, result: MethodResult, judged_any: bool) -> None:
+        """``judged_any``: the chunk asked a judge something; judges of chunks that asked
+        nothing (their default prompt version) are listed only when no chunk asked anything."""
         for subset, counters in result.stats.items():
             self.result.stats[subset].update(counters)
         for name in result.configs:
@@ -182,7 +183,8 @@ class ResultAccumulator:
 
     def finish(self) -> MethodResult:
         judges = self.judges or self.fallback_judges
-        self.result.judges = sorted(judges, key=lambda j: (self.stage_order.index(j.stage.rsplit("/", 1)[-1]) if j.stage.rsplit("/", 1)[-1] in self.stage_order else 99, j.prompt_version))
+        stages = list(dict.fromkeys(j.stage for j in judges))  # in the order the method runs them
+        self.result.judges = sorted(judges, key=lambda j: (stages.index(j.stage), j.prompt_version))
         return self.result
 
 

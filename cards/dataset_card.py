@@ -37,13 +37,12 @@ class DatasetCardInfo:
     sources_kept: list[str] = field(default_factory=list)  # subset names in the output
     rows_per_config: dict[str, int] = field(default_factory=dict)
     validation: dict = field(default_factory=dict)  # ValidationReport.to_dict()
-    settings: dict = field(default_factory=dict)  # method settings worth stating (max_flagged, windows, ...)
     empty_configs: list[str] = field(default_factory=list)  # configs left without rows (not written)
     language: list[str] = field(default_factory=lambda: ["en"])
-    citations: list[str] = field(default_factory=lambda: ["rlhn", "bge"])
+    citations: list[str] = field(default_factory=list)  # keys of cards/citations.py (the build: its methods' + the data's)
     task_categories: list[str] = field(default_factory=lambda: ["text-retrieval"])
     ledger: CostLedger | None = None  # what the judges cost (actual requests, tokens, retries, failures, wall time, USD)
-    method_settings: dict[str, dict] = field(default_factory=dict)  # method -> its settings (ARHN, CLEAR, PercPos)
+    method_settings: dict[str, dict] = field(default_factory=dict)  # method -> the settings its card section states
     dataset_info: dict | list | None = None  # YAML `dataset_info` as push_to_hub writes it (builders.output.dataset_info)
 
 
@@ -175,7 +174,7 @@ def render_dataset_card(info: DatasetCardInfo) -> str:
     methods = []
     for r in info.results:
         general, g_rows, t_cols, t_rows, cost, c_rows = _stat_tables(r)
-        own = info.settings if r.name == "rlhn" or r.name not in info.method_settings else info.method_settings[r.name]
+        own = info.method_settings.get(r.name, {})
         methods.append({"name": r.name, "judges": r.judges, "configs": list(r.configs), "general": general, "g_rows": g_rows,
                         "settings": own,
                         "t_cols": t_cols, "t_rows": t_rows, "cost": cost, "c_rows": c_rows})
@@ -186,19 +185,13 @@ def render_dataset_card(info: DatasetCardInfo) -> str:
         info=info,
         methods=methods,
         default_config=default_config,
-        citations=[CITATIONS[c] for c in _citations(info) if c in CITATIONS],
+        citations=[CITATIONS[c] for c in dict.fromkeys(info.citations)],
         comparison=comparison_rows(info.results),
         ledger_rows=ledger_rows(info.ledger),
         unpriced=info.ledger.unpriced() if info.ledger else [],
         changelog_start=CHANGELOG_START,
         changelog_end=CHANGELOG_END,
     )
-
-
-def _citations(info: DatasetCardInfo) -> list[str]:
-    names = {r.name for r in info.results}
-    extra = ["arhn"] if names & {"arhn", "prhn"} else []
-    return [c for c in info.citations if c != "rlhn" or "rlhn" in names or not extra] + [c for c in extra if c not in info.citations]
 
 
 def write_dataset_card(folder: str | Path, info: DatasetCardInfo) -> Path:

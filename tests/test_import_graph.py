@@ -101,6 +101,5 @@ def test_arrows_point_one_way():
 def test_folders_stay_walkable():
     top = [p for p in (ROOT / "builders").glob("*.py")]
     assert len(top) <= 12, sorted(p.name for p in top)
-    for method in ("rlhn", "arhn", "clear"):
+    for method in ("rlhn", "arhn", "clear", "percpos"):
         assert (ROOT / "builders" / "methods" / method / "__init__.py").is_file()
-    assert (ROOT / "builders" / "methods" / "percpos.py").is_file()

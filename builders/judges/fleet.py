@@ -73,6 +73,11 @@ class Fleet(Backend):
         self._random = random.Random(0)
         self._tickets = itertools.count()
 
+    @property
+    def kind(self) -> str:
+        """Its members' kinds, joined by "+" ("tgi", "openai+tgi"): a fleet serves one judge."""
+        return "+".join(sorted({m.backend.kind for m in self.members}))
+
     @classmethod
     def from_specs(cls, specs: list[EndpointSpec], config: FleetConfig | None = None) -> "Fleet":
         """A fleet of the recipe's endpoints for one judge (``spec.concurrency`` is the starting

@@ -129,7 +129,7 @@ def _connect_writer(path: Path, synchronous: Synchronous) -> sqlite3.Connection:
 def _write(conn: sqlite3.Connection, judgments: Sequence[Judgment]) -> None:
     """Insert or replace ``judgments`` in ONE transaction (kept ``created_at`` of earlier rows)."""
     placeholders = ", ".join("?" for _ in _COLUMNS)
-    select = f"SELECT created_at FROM judgments WHERE stage=? AND judge_model=? AND prompt_version=? AND key=?"
+    select = "SELECT created_at FROM judgments WHERE stage=? AND judge_model=? AND prompt_version=? AND key=?"
     conn.execute("BEGIN IMMEDIATE")
     try:
         now = time.time()

@@ -27,17 +27,9 @@ from builders.judges.endpoints.base import Backend
 from builders.judges.endpoints.spec import EndpointSpec
 from builders.judges.fleet import Fleet, FleetConfig
 from builders.judges.ledger import CostLedger, load_prices
-from builders.methods import percpos
-from builders.methods.arhn import stages as arhn
-from builders.methods.base import MethodResult
-from builders.methods.clear import stages as clear
-from builders.methods.rlhn.cascade import Stage, run_rlhn
-from builders.recipe import Recipe, judge_specs, rlhn_settings
+from builders.methods.base import MethodResult, ledger_of
+from builders.recipe import Recipe, judge_plan, selected
 from builders.rows import QueryRow
-
-
-class BuildError(RuntimeError):
-    """A method cannot run as configured; the message says what to change."""
 
 
 @dataclass
@@ -46,24 +38,6 @@ class MethodsRun:
     ledger: CostLedger = field(default_factory=CostLedger)
     judge_runs: dict[str, dict] = field(default_factory=dict)  # stage -> annotator ledgers (RLHN: by prompt group)
     fleets: dict[str, list[dict]] = field(default_factory=dict)  # judge -> per-endpoint stats at the end
-
-
-def judge_plan(recipe: Recipe) -> dict[str, list[EndpointSpec]]:
-    """Judge name -> its endpoints, for the judges the recipe's methods use."""
-    j = recipe.judges
-    out: dict[str, list[EndpointSpec]] = {}
-    if rlhn_settings(recipe) is not None or recipe.clear is not None:
-        out["stage1"] = judge_specs(j.stage1)
-    if rlhn_settings(recipe) is not None and j.stage2 is not None:
-        out["stage2"] = judge_specs(j.stage2)
-    if recipe.arhn is not None or recipe.prhn is not None:
-        extract = j.arhn_extract if j.arhn_extract is not None else j.stage1
-        out["arhn_extract"] = judge_specs(extract)
-        out["arhn_rank"] = judge_specs(j.arhn_rank if j.arhn_rank is not None else extract)
-    for name, specs in out.items():
-        if not specs:
-            raise BuildError(f"recipe judges.{name} is an empty list: name at least one endpoint")
-    return out
 
 
 def make_judges(plan: dict[str, list[EndpointSpec]], fleet: FleetConfig | None) -> dict[str, Backend]:
@@ -81,18 +55,6 @@ def make_judges(plan: dict[str, list[EndpointSpec]], fleet: FleetConfig | None) 
 
 def _snapshot(backends: list[Backend]) -> dict[int, list]:
     return {id(b): b.stats() for b in backends if isinstance(b, Fleet)}
-
-
-def ledger_of(groups: list[dict]) -> Ledger:
-    """Sum annotator ledgers given as ``Ledger.as_dict()`` (RLHN keeps one per prompt group)."""
-    total = Ledger()
-    for g in groups:
-        for name in ("items", "cached", "calls", "ok", "unparseable", "failed", "parse_retries", "prompt_tokens", "completion_tokens"):
-            setattr(total, name, getattr(total, name) + g[name])
-        total.retries.update(g["retries"])
-        total.failures.update(g["failures"])
-        total.wall_s = max(total.wall_s, g["wall_s"])
-    return total
 
 
 def ledger_from_judgments(rows: list[dict], wall_s: float) -> Ledger:
@@ -139,39 +101,13 @@ async def run_methods(recipe: Recipe, rows: list[QueryRow], store, progress: boo
     judges = make_judges(judge_plan(recipe), recipe.fleet) if owned else judges
     unique = list({id(b): b for b in judges.values()}.values())
     try:
-        s = rlhn_settings(recipe)
-        if s is not None:
-            stages = [Stage(name, judges[name]) for name in ("stage1", "stage2") if name in judges]
+        for method, settings in selected(recipe):
             before = _snapshot(unique)
-            result, ledgers = await run_rlhn(rows, stages, s, store, progress=progress)
+            result = await method.run(rows, settings, judges, store, progress)
             out.results.append(result)
-            out.judge_runs.update(ledgers)  # "stage1", "stage2": by prompt group
-            _account(out.ledger, {f"rlhn/{st.name}": (st.backend, ledger_of(list(ledgers.get(st.name, {}).values())))
-                                  for st in stages}, before)
-        for settings in (recipe.arhn, dataclasses.replace(recipe.prhn, rank_on="passages") if recipe.prhn else None):
-            if settings is None:
-                continue
-            before = _snapshot(unique)
-            result = await arhn.arun(rows, settings, backend=judges["arhn_extract"], rank_backend=judges["arhn_rank"],
-                                     store=store, progress=progress)
-            out.results.append(result)
-            judge_of = {"arhn/extract": judges["arhn_extract"], f"{settings.prefix}/rank": judges["arhn_rank"]}
-            _account(out.ledger, {stage: (judge_of[stage], led) for stage, led in result.ledgers.items()}, before)
-            out.judge_runs.update({stage: led.as_dict() for stage, led in result.ledgers.items()})
-        if recipe.clear is not None:
-            before = _snapshot(unique)
-            try:
-                result = await clear.run_async(rows, recipe.clear, backend=judges["stage1"], store=store, progress=progress)
-            except clear.ClearError as error:
-                raise BuildError(f"CLEAR cannot score with judges.stage1 ({judges['stage1'].model_id}): {error}\n"
-                                 "A TGI judge must be started with --enable-prefill-logprobs (its /generate then returns "
-                                 "prompt log-probabilities); an OpenAI-compatible judge must return prompt logprobs "
-                                 "(vLLM /v1/completions with echo); or use {kind: local}.") from error
-            out.results.append(result)
-            _account(out.ledger, {stage: (judges["stage1"], led) for stage, led in result.ledgers.items()}, before)
-            out.judge_runs.update({stage: led.as_dict() for stage, led in result.ledgers.items()})
-        if recipe.percpos is not None:
-            out.results.append(percpos.run(rows, recipe.percpos))
+            _account(out.ledger, {stage: (judges[result.stage_judges[stage]], led) for stage, led in result.ledgers.items()}, before)
+            out.judge_runs.update(result.judge_runs if result.judge_runs is not None
+                                  else {stage: led.as_dict() for stage, led in result.ledgers.items()})
         for name, backend in judges.items():
             if isinstance(backend, Fleet):
                 out.fleets[name] = [dataclasses.asdict(x) for x in backend.stats()]

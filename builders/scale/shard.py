@@ -32,7 +32,7 @@ from builders.judges.endpoints import make_backend
 from builders.judges.endpoints.base import Backend, GenerateRequest, Generation
 from builders.judges.endpoints.spec import EndpointSpec
 from builders.judges.store import JudgmentStore
-from builders.recipe import Recipe
+from builders.recipe import Recipe, judge_plan
 from builders.rows import md5
 from builders.sources.shard_rows import Shard
 
@@ -93,28 +93,32 @@ class MergeError(RuntimeError):
 
 
 class StoredAnswersOnly(Backend):
-    """Stands in for a judge during the merge: same judge id and constraint support (so the
-    requests and store keys are the ones the shards made), and no way to call anyone."""
+    """Stands in for a judge during the merge: same judge id, kind and constraint support (so
+    the requests, store keys and card are the ones the shards made), and no way to call anyone."""
 
-    def __init__(self, model_id: str, supports_constraint: frozenset[str], concurrency: int):
+    kind = "stored"
+
+    def __init__(self, model_id: str, supports_constraint: frozenset[str], concurrency: int, kind: str):
         self.model_id = model_id
         self.supports_constraint = supports_constraint
         self.concurrency = max(1, concurrency)
+        self.kind = kind
 
     @staticmethod
-    def like(spec: EndpointSpec) -> StoredAnswersOnly:
-        """A stand-in for ``make_backend(spec)``. Its class carries the real backend's class
-        name, because the dataset card records the judge's backend by class name (and the
-        merged card must be the single build's)."""
-        if spec.kind == "local":  # its class says what it supports; loading the model is not needed
-            from builders.judges.endpoints.local import LocalBackend
+    def like(specs: list[EndpointSpec]) -> StoredAnswersOnly:
+        """A stand-in for the judge the build makes of ``specs`` (one endpoint, or a fleet's:
+        its first member's model id, the constraints all members support, their kinds)."""
+        supports, kinds = [], set()
+        for spec in specs:
+            if spec.kind == "local":  # its class says what it supports; loading the model is not needed
+                from builders.judges.endpoints.local import LocalBackend
 
-            real, supports = LocalBackend, LocalBackend.supports_constraint
-        else:
-            probe = make_backend(spec)  # HTTP backends connect lazily: building one makes no call
-            real, supports = type(probe), probe.supports_constraint
-        named = type(real.__name__, (StoredAnswersOnly,), {"__doc__": f"{real.__name__}'s stored answers, no calls."})
-        return named(spec.model_id, supports, 64)
+                probe = LocalBackend
+            else:
+                probe = make_backend(spec)  # HTTP backends connect lazily: building one makes no call
+            supports.append(frozenset(probe.supports_constraint))
+            kinds.add(probe.kind)
+        return StoredAnswersOnly(specs[0].model_id, frozenset.intersection(*supports), 64, "+".join(sorted(kinds)))
 
     async def generate(self, request: GenerateRequest) -> Generation:
         first = request.messages[-1]["content"][:200] if request.messages else ""
@@ -125,8 +129,17 @@ class StoredAnswersOnly(Backend):
 
 
 def store_only_backends(recipe: Recipe) -> dict[str, Backend]:
-    specs = [("stage1", recipe.judges.stage1)] + ([("stage2", recipe.judges.stage2)] if recipe.judges.stage2 else [])
-    return {name: StoredAnswersOnly.like(spec) for name, spec in specs}
+    """A stand-in for every judge the recipe's methods ask (``judge_plan``: RLHN's stages,
+    ARHN's extract and rank, CLEAR's judge), equal endpoint lists sharing one."""
+    built: list[tuple[list[EndpointSpec], Backend]] = []
+    out = {}
+    for name, specs in judge_plan(recipe).items():
+        backend = next((b for s, b in built if s == specs), None)
+        if backend is None:
+            backend = StoredAnswersOnly.like(specs)
+            built.append((specs, backend))
+        out[name] = backend
+    return out
 
 
 def read_manifest(folder: Path) -> dict:

@@ -13,9 +13,9 @@ import datasets
 import pytest
 import yaml
 
-from builders.build import build, dry_run
+from builders.build import build
 from builders.cli import main
-from builders.methods.run import BuildError
+from builders.methods.base import BuildError
 from builders.recipe import load_recipe
 from builders.rows import md5
 from tests.stand_ins.tgi_server import prompt_of

@@ -19,10 +19,20 @@ def test_overrides_from_set_and_dotted_flags():
     args, over = parse_args(["r.yaml", "--set", "rlhn.refine.max_flagged=4", "--rlhn.negatives_per_prompt", "5", "--validation.policy=fail", "--out", "o"])
     assert over == [("rlhn.refine.max_flagged", "4"), ("rlhn.negatives_per_prompt", "5"), ("validation.policy", "fail"), ("output.folder", "o")]
     r = load_recipe(ROOT / "recipes" / "sample.yaml", over + [("rlhn.refine.max_flagged", "null"), ("sources.0.limit", "3")])
-    assert r.rlhn.negatives_per_prompt == 5 and r.rlhn.refine.max_flagged is None and r.output.folder == "o"
+    assert r.methods["rlhn"].negatives_per_prompt == 5 and r.methods["rlhn"].refine.max_flagged is None and r.output.folder == "o"
     assert r.sources[0].limit == 3 and r.validation.policy == "fail"
     with pytest.raises(ValueError, match="rlhn.max_flaged"):
         load_recipe(ROOT / "recipes" / "sample.yaml", [("rlhn.max_flaged", "3")])
+
+
+def test_old_recipe_names_say_what_to_write_instead():
+    with pytest.raises(ValueError, match=r"rlhn.refine.untouched_subsets was renamed: write rlhn.never_edit_subsets"):
+        load_recipe(ROOT / "recipes" / "sample.yaml", [("rlhn.refine.untouched_subsets", "[arguana]")])
+    with pytest.raises(ValueError, match="'never' is now spelled 'off'"):
+        load_recipe(ROOT / "recipes" / "sample.yaml", [("rlhn.constrained", "never")])
+    for method in ("rlhn", "arhn", "clear", "percpos"):  # one never-edit key for every method
+        r = load_recipe(ROOT / "recipes" / "sample.yaml", [(f"{method}.never_edit_subsets", "ArguAna")])
+        assert r.methods[method].never_edit_subsets == ("ArguAna",)
 
 
 def test_a_judge_may_be_a_file_of_endpoints(tmp_path, monkeypatch):
@@ -53,7 +63,7 @@ def test_shipped_recipes_load():
     real = load_recipe(ROOT / "recipes" / "rlhn-680k.yaml")
     assert expand_names(real.sources[0].names) == list(RLHN_SOURCES)
     assert (real.judges.stage1.model, real.judges.stage2.model) == ("gpt-4o-mini", "gpt-4o")
-    assert real.judges.stage1.api_key_env == "OPENAI_API_KEY" and real.rlhn.temperature == 0.1
+    assert real.judges.stage1.api_key_env == "OPENAI_API_KEY" and real.methods["rlhn"].temperature == 0.1
 
 
 def test_dry_run_prints_counts_prompt_and_token_estimates(capsys):

@@ -28,7 +28,8 @@ def _info(results):
         sources_kept=["fiqa", "msmarco_passage"],
         rows_per_config={"rlhn": 24, "default": 25, "judgments": 42},
         validation={"policy": "skip", "rows_read": 26, "rows_kept": 25, "rows_skipped": 1, "rows_repaired": 0, "problem_counts": {"duplicate_passage:skipped": 1}},
-        settings={"max_flagged": 4},
+        method_settings={"rlhn": {"max_flagged": 4}},
+        citations=["rlhn", "bge"],
     )
 
 

@@ -114,6 +114,12 @@ class Backend(abc.ABC):
     supports_constraint: frozenset[str] = frozenset()  # subset of {"regex", "json"}
     concurrency: int = 1  # requests this endpoint takes in flight; the annotator's default
 
+    @property
+    def kind(self) -> str:
+        """What cards and judgment rows call this backend: "tgi", "openai", "local" (the built-in
+        backends set it; others are named by their class)."""
+        return type(self).__name__.lower()
+
     @abc.abstractmethod
     async def generate(self, request: GenerateRequest) -> Generation: ...
 

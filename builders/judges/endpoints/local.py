@@ -95,6 +95,7 @@ def load_model(model: str | None, gguf_file: str | None, device: str, dtype: tor
 
 
 class LocalBackend(Backend):
+    kind = "local"
     supports_constraint = frozenset({"regex"})
     concurrency = 1
 

@@ -61,6 +61,8 @@ def constraint_fields(constraint: Constraint, style: str) -> dict:
 
 
 class OpenAIBackend(Backend):
+    kind = "openai"
+
     def __init__(self, spec: EndpointSpec, tokenizer=None):
         if not spec.url:
             raise ValueError("an openai endpoint needs `url` (e.g. http://127.0.0.1:8000 or .../v1)")

@@ -53,6 +53,7 @@ def generate_parameters(request: GenerateRequest, max_new_tokens: int) -> dict:
 
 
 class TGIBackend(Backend):
+    kind = "tgi"
     supports_constraint = frozenset({"regex", "json"})
 
     def __init__(self, spec: EndpointSpec, tokenizer=None):

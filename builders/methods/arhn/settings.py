@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from builders.methods.base import subsets_tuple
+
 
 @dataclass
 class ArhnSettings:
@@ -15,7 +17,7 @@ class ArhnSettings:
     rank_on: Literal["snippets", "passages"] = "snippets"  # "passages" = PRHN
     hallucination_as_no_answer: bool = True
     positive_without_snippet: Literal["skip", "rank"] = "skip"  # "rank": NO_ANSWER positive still anchors
-    never_edit_subsets: tuple[str, ...] = ("arguana",)  # matched case-insensitively as substrings
+    never_edit_subsets: tuple[str, ...] = ("arguana",)  # left as they are (``builders.methods.base.never_edits``)
     constrained: Literal["auto", "off"] = "auto"  # regex-constrained output format where the backend has it
     copy_sentences: bool = False  # also constrain snippets to 1-3 of the document's sentences (tiny judges)
     temperature: float = 0.1
@@ -31,9 +33,7 @@ class ArhnSettings:
             raise ValueError(f"arhn.constrained must be 'auto' or 'off', got {self.constrained!r}")
         if self.max_negatives < 1:
             raise ValueError(f"arhn.max_negatives must be >= 1, got {self.max_negatives}")
-        if isinstance(self.never_edit_subsets, str):
-            self.never_edit_subsets = (self.never_edit_subsets,)
-        self.never_edit_subsets = tuple(self.never_edit_subsets)
+        self.never_edit_subsets = subsets_tuple(self.never_edit_subsets)
 
     @property
     def prefix(self) -> str:

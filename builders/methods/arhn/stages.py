@@ -27,8 +27,8 @@ keep. Configs are then ``prhn_*``. Subsets in ``never_edit_subsets`` (ArguAna: i
 are counter-arguments) pass through unjudged.
 
 This module runs the stages; the pieces live beside it and are re-exported here:
-``arhn_settings`` (``ArhnSettings``), ``retriever_cut`` (``RetrieverCut``), ``arhn_prompts``
-(prompts, versions, ``extract_request``, ``rank_request``), ``arhn_decide`` (``decide``, ``apply``).
+``settings`` (``ArhnSettings``), ``retriever_cut`` (``RetrieverCut``), ``prompts``
+(prompts, versions, ``extract_request``, ``rank_request``), ``decide`` (``decide``, ``apply``).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from builders.methods.arhn.ranking import Ranking, parse_ranking
 from builders.methods.arhn.retriever_cut import RetrieverCut
 from builders.methods.arhn.settings import ArhnSettings
 from builders.methods.arhn.snippets import CheckedSnippet, check_snippets, parse_blocks
-from builders.methods.base import JudgeInfo, MethodResult, judge_kind
+from builders.methods.base import JudgeInfo, MethodResult, judge_kind, never_edits
 from builders.rows import Passage, QueryRow, md5
 
 
@@ -83,8 +83,7 @@ class _Query:
 
 
 def _never_edit(row: QueryRow, s: ArhnSettings) -> bool:
-    subset = row.subset.lower()
-    return not row.positive_passages or not row.negative_passages or any(x.lower() in subset for x in s.never_edit_subsets)
+    return not row.positive_passages or not row.negative_passages or never_edits(row.subset, s.never_edit_subsets)
 
 
 def run(rows: list[QueryRow], settings: ArhnSettings, *, backend: Backend, store: JudgmentStore,

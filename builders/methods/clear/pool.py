@@ -7,7 +7,7 @@ import json
 
 from builders.embedding import encode_unique, load_embedder, top_k_similar
 from builders.methods.clear.settings import ClearError, ClearSettings
-from builders.methods.percpos import cutoff
+from builders.methods.percpos.teacher_filter import cutoff
 from builders.rows import Passage, QueryRow
 
 

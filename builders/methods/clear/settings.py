@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from builders.methods.base import subsets_tuple
 from builders.rows import Passage, QueryRow
 
 
@@ -30,7 +31,7 @@ class ClearSettings:
     retriever_max_length: int | None = None  # also the cut applied to passages shown to the judge
     batch_size: int = 64
     device: str | None = None
-    never_edit_subsets: tuple[str, ...] = ("arguana",)  # counter-argument "positives" have no answer
+    never_edit_subsets: tuple[str, ...] = ("arguana",)  # counter-argument "positives" have no answer (``never_edits``)
     concurrency: int | None = None  # judge calls in flight; None: the backend's own
     max_attempts: int = 6  # per call, for retryable errors
 
@@ -41,8 +42,7 @@ class ClearSettings:
             raise ValueError(f"clear top_n must be >= 1, got {self.top_n}")
         # YAML gives lists (or one string): keep tuples
         self.answer_fields = (self.answer_fields,) if isinstance(self.answer_fields, str) else tuple(self.answer_fields)
-        self.never_edit_subsets = ((self.never_edit_subsets,) if isinstance(self.never_edit_subsets, str)
-                                   else tuple(self.never_edit_subsets))
+        self.never_edit_subsets = subsets_tuple(self.never_edit_subsets)
 
 
 @dataclass

@@ -33,9 +33,9 @@ Per training query (paper: "CLEAR", stages 2-5):
      if it was there, and a retrieved PFN that was not a negative is not added.
    Negatives' scores are set to None in these configs: a score column means confidence here.
 
-Code: stages 1-2 in ``clear_pool``, 3 in ``clear_answers``, 4 in ``clear_scores``, 5 in
-``clear_decide``; settings and per-query state in ``clear_settings``, judgment rows in
-``clear_records``; this module runs them (its public names re-export theirs).
+Code (this folder): stages 1-2 in ``pool``, 3 in ``answers``, 4 in ``scores`` (with ``confidence``),
+5 in ``decide``; settings and per-query state in ``settings``, judgment rows in ``records``; this
+module runs them (its public names re-export theirs).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from pathlib import Path
 from builders.judges.endpoints.base import Backend
 from builders.judges.store import JudgmentStore
 from builders.methods.arhn.stages import EXTRACT_VERSION, RetrieverCut
-from builders.methods.base import JudgeInfo, MethodResult, judge_kind
+from builders.methods.base import JudgeInfo, MethodResult, judge_kind, never_edits
 from builders.methods.clear.answers import dataset_answer, extract_answers
 from builders.methods.clear.decide import decide
 from builders.methods.clear.pool import find_pfns, load_corpus
@@ -134,8 +134,7 @@ async def _judge(queries: list[ClearQuery], needs_answer: list[ClearQuery], s: C
 
 def editable_row(row: QueryRow, s: ClearSettings) -> bool:
     """CLEAR edits a row with a labelled positive outside ``never_edit_subsets``."""
-    subset = row.subset.lower()
-    return bool(row.positive_passages) and not any(x.lower() in subset for x in s.never_edit_subsets)
+    return bool(row.positive_passages) and not never_edits(row.subset, s.never_edit_subsets)
 
 
 def prepare_queries(rows: list[QueryRow], s: ClearSettings, result: MethodResult, embedder=None, pool=None) -> list[ClearQuery]:

@@ -25,7 +25,7 @@ from typing import Literal
 
 from builders.judges.endpoints.base import Backend, Constraint, GenerateRequest
 from builders.judges.shorten import PromptFitter, too_long_message
-from builders.methods.base import JudgeInfo, MethodResult
+from builders.methods.base import JudgeInfo, MethodResult, judge_kind, never_edits, subsets_tuple
 from builders.methods.rlhn.refine import Decision, RefineSettings, refine, row_key
 from builders.methods.rlhn.verdict import ParseFailure, Verdict, parse_verdict, verdict_regex
 from builders.rows import Passage, QueryRow, md5
@@ -76,14 +76,25 @@ class RlhnSettings:
     max_prompts_per_query: int | None = None  # None: every window is judged
     max_passage_words: int | None = None  # truncate passages in the prompt (None: full text)
     escalate_unparsed: bool = True  # stage 2 also judges queries stage 1 could not judge
-    constrained: Literal["auto", "never"] = "auto"  # regex-constrained verdicts where the backend supports it
+    constrained: Literal["auto", "off"] = "auto"  # regex-constrained verdicts where the backend supports it
     reason_max_chars: int = 400  # cap on the reasoning under constrained decoding
     max_new_tokens: int = 2048
     temperature: float = 0.1
     parse_retries: int = 1  # extra calls when the answer does not parse
     concurrency: int | None = None  # None: the endpoint's own setting
     scidocsrr_subsets: list[str] = field(default_factory=lambda: ["scidocsrr"])
+    never_edit_subsets: tuple[str, ...] = ("arguana",)  # not judged, copied unchanged (``never_edits``)
     refine: RefineSettings = field(default_factory=RefineSettings)
+
+    def __post_init__(self):
+        if self.constrained not in ("auto", "off"):
+            hint = " ('never' is now spelled 'off', as for arhn.constrained)" if self.constrained == "never" else ""
+            raise ValueError(f"rlhn.constrained must be 'auto' or 'off', got {self.constrained!r}{hint}")
+        self.never_edit_subsets = subsets_tuple(self.never_edit_subsets)
+
+    def judges_row(self, row: QueryRow) -> bool:
+        """Whether the cascade asks a judge about ``row``: it has negatives and may be edited."""
+        return bool(row.negative_passages) and not never_edits(row.subset, self.never_edit_subsets)
 
 
 @dataclass
@@ -316,16 +327,15 @@ async def run_rlhn(rows: list[QueryRow], stages: list[Stage], s: RlhnSettings, s
         raise ValueError("RLHN runs one or two judge stages")
     result = MethodResult(name="rlhn", configs={})
     stats = result.stats
-    untouched = set(s.refine.untouched_subsets)
     for row in rows:
         c = stats[row.subset]
         c["rows_in"] += 1
         c["positives_in"] += len(row.positive_passages)
         c["negatives_in"] += len(row.negative_passages)
-        if row.subset not in untouched:
+        if not never_edits(row.subset, s.never_edit_subsets):
             judged = sum(len(w.negatives) for w in windows_of(row, s))
             c["negatives_not_judged"] += len(row.negative_passages) - judged
-    to_judge = [r for r in rows if r.subset not in untouched and r.negative_passages]
+    to_judge = [r for r in rows if s.judges_row(r)]
     versions = sorted({prompt_version(variant_of(r, s)) for r in to_judge}) or [prompt_version("default")]
     final: dict[str, Decision] = {}
     ledgers: dict[str, dict] = {}
@@ -333,7 +343,7 @@ async def run_rlhn(rows: list[QueryRow], stages: list[Stage], s: RlhnSettings, s
     current = to_judge
     for i, stage in enumerate(stages):
         for v in versions:
-            result.judges.append(JudgeInfo(stage=f"rlhn/{stage.name}", model=stage.backend.model_id, prompt_version=v, backend=type(stage.backend).__name__))
+            result.judges.append(JudgeInfo(stage=f"rlhn/{stage.name}", model=stage.backend.model_id, prompt_version=v, backend=judge_kind(stage.backend)))
         per_row, stage_judgments, stage_ledgers = await judge_stage(stage, current, s, store, retry, progress)
         judgments.extend(stage_judgments)
         ledgers[stage.name] = stage_ledgers
@@ -343,7 +353,7 @@ async def run_rlhn(rows: list[QueryRow], stages: list[Stage], s: RlhnSettings, s
         if i + 1 < len(stages):
             escalate = ("flagged", "unparsed", "failed") if s.escalate_unparsed else ("flagged",)
             current = [r for r in current if decisions[row_key(r)].status in escalate]
-    configs, refine_stats = refine(rows, final, s.refine)
+    configs, refine_stats = refine(rows, final, s.refine, s.never_edit_subsets)
     for subset, counters in refine_stats.items():
         stats[subset].update(counters)
     result.configs = configs

@@ -7,8 +7,9 @@
 
 Settings: ``max_flagged`` (default 8, ``None`` disables): a row with more false negatives
 than this is dropped from ``hn_remove`` and ``rlhn`` (the reference rule). Subsets in
-``untouched_subsets`` (ArguAna: its "positives" are counter-arguments) are copied unchanged
-into every technique. Rows without a usable final verdict (unparseable answer, failed call)
+``rlhn.never_edit_subsets`` (ArguAna: its "positives" are counter-arguments; matched by
+``builders.methods.base.never_edits``, as for every method) are copied unchanged into every
+technique. Rows without a usable final verdict (unparseable answer, failed call)
 are never read as "no false negative": ``unjudged="exclude"`` (default) leaves them out of
 ``remove``/``hn_remove``/``rlhn`` (they stay in ``default``); ``unjudged="keep"`` keeps them
 unchanged. Every such row is counted.
@@ -20,6 +21,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Literal
 
+from builders.methods.base import never_edits
 from builders.rows import QueryRow, md5
 
 TECHNIQUES = ("default", "remove", "hn_remove", "rlhn")
@@ -40,12 +42,13 @@ class Decision:
 class RefineSettings:
     techniques: list[str] = field(default_factory=lambda: list(TECHNIQUES))
     max_flagged: int | None = 8
-    untouched_subsets: list[str] = field(default_factory=lambda: ["arguana"])
     unjudged: Literal["exclude", "keep"] = "exclude"
 
 
-def refine(rows: list[QueryRow], decisions: dict[str, Decision], settings: RefineSettings) -> tuple[dict[str, list[QueryRow]], dict[str, Counter]]:
-    """-> (technique -> rows, subset -> counters). ``decisions`` is keyed by ``row_key(row)``."""
+def refine(rows: list[QueryRow], decisions: dict[str, Decision], settings: RefineSettings,
+           never_edit_subsets: tuple[str, ...] = ("arguana",)) -> tuple[dict[str, list[QueryRow]], dict[str, Counter]]:
+    """-> (technique -> rows, subset -> counters). ``decisions`` is keyed by ``row_key(row)``;
+    rows of ``never_edit_subsets`` go into every technique as they are."""
     unknown = [t for t in settings.techniques if t not in TECHNIQUES]
     if unknown:
         raise ValueError(f"unknown technique(s) {unknown}; choose from {list(TECHNIQUES)}")
@@ -54,7 +57,7 @@ def refine(rows: list[QueryRow], decisions: dict[str, Decision], settings: Refin
     for row in rows:
         c = stats[row.subset]
         decision = decisions.get(row_key(row), Decision("not_judged"))
-        untouched = row.subset in settings.untouched_subsets
+        untouched = never_edits(row.subset, never_edit_subsets)
         usable = decision.status in ("clean", "flagged", "not_judged")
         for always in ("rows_unparsed", "rows_failed", "rows_with_false_negatives", "rows_over_max_flagged"):
             c[always] += 0  # always shown in the card, 0 when none

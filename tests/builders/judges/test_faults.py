@@ -4,7 +4,6 @@ every failure is counted in the report."""
 import json
 
 import datasets
-import pytest
 
 from builders.build import build
 from builders.recipe import load_recipe

@@ -147,18 +147,18 @@ def test_clear_dry_run_with_dataset_answers_counts_score_tokens_exactly(tmp_path
     continuation) are counted exactly as the stand-in counts them."""
     from builders.judges.endpoints import make_backend
     from builders.methods.clear.stages import run
-    from builders.methods.run import judge_plan
+    from builders.methods.clear.dry_run import plans as clear_plans
+    from builders.recipe import judge_plan
     from builders.rows import Passage, QueryRow
-    from builders.scale.dry_estimates import clear_plans
 
     server = tgi_stand_in(clear_respond)
     recipe = load_recipe(write_recipe(tmp_path, server.url, CLEAR, {}))
     rows = [QueryRow.from_query(r["query"], [Passage.from_text(t) for t in r["pos"]], [Passage.from_text(t) for t in r["neg"]],
                                 "nq", extra={"answer": ANSWERS[r["query"]]}) for r in (EIFFEL, HAMLET, PARIS)]
     printed, result = io.StringIO(), {"stages": {}}
-    (plan,) = clear_plans(recipe, rows, judge_plan(recipe)["stage1"], result, printed)
+    (plan,) = clear_plans(rows, recipe.methods["clear"], judge_plan(recipe)["stage1"], recipe.dry_run, result, printed)
     backend = make_backend(judge_plan(recipe)["stage1"][0])
-    actual = run(rows, recipe.clear, backend=backend, progress=False).ledgers
+    actual = run(rows, recipe.methods["clear"], backend=backend, progress=False).ledgers
     assert "clear/answer" not in actual and "clear/answer" not in result["stages"]
     assert (plan.stage, len(plan.prompt_tokens)) == ("clear/score", actual["clear/score"].calls)
     received = sum(1 + len(tokenize(r.body["inputs"])) for r in server.requests if r.path == "/generate")

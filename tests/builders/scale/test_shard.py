@@ -131,3 +131,25 @@ def test_cli_shards_merge_only_and_merge_refuses_missing_incomplete_or_foreign_s
     with pytest.raises(MergeError, match="did not finish; rerun shard 1/2"):
         merge(recipe, dirs, tmp_path / "m", COMMAND, progress=False)
     assert not (tmp_path / "m" / "README.md").exists()
+
+
+def test_sharded_arhn_build_merges_to_the_single_build(tgi_stand_in, tmp_path, monkeypatch):
+    """ARHN asks its own judges (arhn_extract, arhn_rank): the merge stands in for those too."""
+    from tests.builders.test_build_methods import ARHN, recipe_file
+    from tests.builders.test_build_methods import respond as arhn_respond
+
+    server = tgi_stand_in(arhn_respond)
+    path = recipe_file(tmp_path, {"kind": "tgi", "url": server.url, "model": "judge-m"}, arhn=ARHN)
+    monkeypatch.chdir(tmp_path)
+    build(load_recipe(path, [("output.folder", "single")]), COMMAND, progress=False)
+    single_calls = len(server.requests)
+    assert single_calls == 4  # extract + rank for each of the two queries
+    recipe = load_recipe(path, [("output.store", "shard-store.sqlite")])
+    for i in range(3):
+        build_shard(recipe, Shard(i, 3), tmp_path / "shards", COMMAND, progress=False)
+    assert len(server.requests) == 2 * single_calls
+    merge(recipe, sorted((tmp_path / "shards").iterdir()), tmp_path / "merged", COMMAND, progress=False)
+    assert len(server.requests) == 2 * single_calls  # the merge asked no one
+    single, merged = folder_bytes(tmp_path / "single"), folder_bytes(tmp_path / "merged")
+    assert {"arhn_relabel/train-00000-of-00001.parquet", "judgments_arhn/train-00000-of-00001.parquet"} <= set(single)
+    assert sorted(single) == sorted(merged) and all(single[k] == merged[k] for k in single)

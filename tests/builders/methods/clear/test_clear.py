@@ -296,7 +296,7 @@ def test_recipe_yaml_loads_into_settings():
     s = ClearSettings(**data)
     assert s.answer_fields == ("answer", "answers") and s.never_edit_subsets == ("arguana",)
     assert (s.tau, s.phi, s.top_n, s.max_pfn) == (0.95, 0.3, 20, 5)
-    from builders.methods.percpos import PercPosSettings
+    from builders.methods.percpos.teacher_filter import PercPosSettings
 
     p = PercPosSettings(**yaml.safe_load(open("recipes/percpos-sample.yaml"))["percpos"])
     assert (p.teacher, p.margin, p.top_k) == ("bi-encoder", 0.95, 15)

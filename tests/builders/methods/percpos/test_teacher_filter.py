@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from builders.methods import percpos
-from builders.methods.percpos import PercPosSettings, cutoff
+from builders.methods.percpos import teacher_filter as percpos
+from builders.methods.percpos.teacher_filter import PercPosSettings, cutoff
 from builders.rows import Passage, QueryRow
 
 

@@ -22,7 +22,9 @@ Rules worth knowing:
   score, and still just below the positive when a cosine score is negative;
 * a negative is dropped when its score is strictly above the cut-off;
 * a row without positives is passed through unchanged and counted (``rows_without_positive``);
-  a row left without negatives is kept and counted (``rows_without_negatives_left``).
+  a row left without negatives is kept and counted (``rows_without_negatives_left``);
+* rows of ``never_edit_subsets`` (none by default: the filter needs no answer) pass unchanged
+  and are counted (``rows_not_edited``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from builders.embedding import cross_scores, encode_unique, load_cross_encoder, load_embedder
-from builders.methods.base import JudgeInfo, MethodResult
+from builders.methods.base import JudgeInfo, MethodResult, never_edits, subsets_tuple
 from builders.rows import Passage, QueryRow
 
 
@@ -48,8 +50,10 @@ class PercPosSettings:
     use_row_prompt: bool = False  # prepend the row's BGE instruction (``prompt``) to the query
     device: str | None = None
     config_name: str = "percpos"
+    never_edit_subsets: tuple[str, ...] = ()  # passed through unchanged (``never_edits``)
 
     def __post_init__(self):
+        self.never_edit_subsets = subsets_tuple(self.never_edit_subsets)
         if not 0.0 < self.margin <= 1.0:
             raise ValueError(f"percpos margin must be in (0, 1], got {self.margin}")
         if self.top_k is not None and self.top_k < 0:
@@ -117,6 +121,10 @@ def run(rows: list[QueryRow], settings: PercPosSettings | None = None, *, teache
         result.count(s, "judge_calls", 0)
         if not row.positive_passages:
             result.count(s, "rows_without_positive")
+            result.configs[settings.config_name].append(row)
+            continue
+        if never_edits(s, settings.never_edit_subsets):
+            result.count(s, "rows_not_edited")
             result.configs[settings.config_name].append(row)
             continue
         positive_score = min(scores[(row.query_id, p.docid)] for p in row.positive_passages)
