@@ -20,6 +20,7 @@ from builders.judges.endpoints.base import Backend
 from builders.judges.ledger import CostLedger, StagePlan, load_prices
 from builders.methods.base import never_edits
 from builders.methods.run import MethodsRun, failures_of, make_judges, run_methods, stored_ledger
+from builders.output.dataset_info import describe_configs
 from builders.output.writers import configs_yaml_entries
 from builders.recipe import Recipe, judge_plan, recipe_to_dict, selected
 from builders.rows import QueryRow
@@ -171,10 +172,12 @@ def build(recipe: Recipe, command: str, progress: bool = True, out=None, shard: 
     main_config = "rlhn" if "rlhn" in written else (method_configs or order or ["default"])[0]  # an empty shard writes none
     methods = selected(recipe)
     sources = sorted({s.hub or s.path for s in recipe.sources})
+    configs, dataset_info = describe_configs(folder, configs_yaml_entries(order, default=main_config))  # keys fresh reads
     info = DatasetCardInfo(
         pretty_name=recipe.card.pretty_name or recipe.name,
         license=recipe.card.license,
-        configs=configs_yaml_entries(order, default=main_config),
+        configs=configs,
+        dataset_info=dataset_info,
         results=run.results,
         command=command,
         source_datasets=[recipe.card.source_dataset] if recipe.card.source_dataset else sources,

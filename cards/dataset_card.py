@@ -1,7 +1,8 @@
 """The generated dataset card (README.md of the output folder).
 
 ``render_dataset_card(info)`` fills ``templates/dataset_card.md.j2`` from a ``DatasetCardInfo``:
-YAML metadata (license inherited from the source, task categories, the ``configs:`` list),
+YAML metadata (license inherited from the source, task categories, ``dataset_info`` and the
+``configs:`` list, see ``builders.output.dataset_info``),
 source and revision, sources kept, judges and prompt versions per stage, counts per subset
 and technique, the command that reproduces the build, an empty ``## Changelog`` between the
 two markers (the publish step fills it), and citations. It is generic over
@@ -28,7 +29,7 @@ CHANGELOG_END = "<!-- hardneg:changelog:end -->"
 class DatasetCardInfo:
     pretty_name: str
     license: str
-    configs: list[dict]  # README `configs:` entries (builders.output.writers.configs_yaml_entries)
+    configs: list[dict]  # README `configs:` entries (writers.configs_yaml_entries, fingerprinted by output.dataset_info)
     results: list[MethodResult]
     command: str
     source_datasets: list[str] = field(default_factory=list)  # Hub ids, or descriptions of local files
@@ -42,6 +43,7 @@ class DatasetCardInfo:
     task_categories: list[str] = field(default_factory=lambda: ["text-retrieval"])
     ledger: CostLedger | None = None  # what the judges cost (actual requests, tokens, retries, failures, wall time, USD)
     method_settings: dict[str, dict] = field(default_factory=dict)  # method -> the settings its card section states
+    dataset_info: dict | list | None = None  # YAML `dataset_info` as push_to_hub writes it (builders.output.dataset_info)
 
 
 # The side-by-side comparison: per method and subset, these counters (per query where it says so).
@@ -107,8 +109,10 @@ def card_metadata(info: DatasetCardInfo) -> dict:
         "tags": ["hard-negatives", "false-negatives", "llm-judge", "hardneg", *sorted({r.name for r in info.results})],
         "size_categories": [size_category(max(info.rows_per_config.values(), default=0))],
         "pretty_name": info.pretty_name,
-        "configs": info.configs,
     }
+    if info.dataset_info:
+        meta["dataset_info"] = info.dataset_info
+    meta["configs"] = info.configs
     hub_sources = [s for s in info.source_datasets if "/" in s and not s.startswith((".", "/")) and " " not in s]
     if hub_sources:
         meta["source_datasets"] = hub_sources

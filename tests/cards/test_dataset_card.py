@@ -69,3 +69,25 @@ def test_empty_configs_are_named():
     info = _info([_result("rlhn", [], {"fiqa": {"rows_in": 1}})])
     info.empty_configs = ["remove"]
     assert "without rows, so not written: remove" in render_dataset_card(info)
+
+
+def test_dataset_info_goes_into_the_yaml_that_datasets_reads():
+    from dataclasses import replace
+
+    from datasets.info import DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCard
+
+    infos = [{"config_name": c, "features": [{"name": "query", "dtype": "string"}],
+              "splits": [{"name": "train", "num_bytes": 10 * n, "num_examples": n}], "download_size": 7 * n, "dataset_size": 10 * n}
+             for c, n in (("default", 25), ("judgments", 42), ("rlhn", 24))]
+    plain = yaml.safe_load(render_dataset_card(_info([])).split("---\n")[1])
+    assert "dataset_info" not in plain  # none given: none written
+    configs = [{**e, "description": f"sha256:{i}"} for i, e in enumerate(_info([]).configs)]
+    text = render_dataset_card(replace(_info([]), configs=configs, dataset_info=infos))
+    meta = yaml.safe_load(text.split("---\n")[1])
+    assert list(meta).index("dataset_info") == list(meta).index("configs") - 1 and meta["dataset_info"] == infos
+    data = DatasetCard(text).data
+    read = DatasetInfosDict.from_dataset_card_data(data)
+    assert {c: i.splits["train"].num_examples for c, i in read.items()} == {"default": 25, "judgments": 42, "rlhn": 24}
+    assert MetadataConfigs.from_dataset_card_data(data)["rlhn"]["description"] == "sha256:0"
