@@ -6,7 +6,8 @@
     python bench/train_throughput.py --random-init bert-base ...   # E5-base-sized random BERT (offline GPU box)
 
 Runs, each in its own process (so peak memory is measured cleanly):
-  ours      - ``trainers.embedder.trainer.train`` (InfoNCE over in-batch + hard negatives)
+  ours      - ``trainers.embedder.trainer.train`` (the shared loop of ``trainers.trainer``; InfoNCE over
+              in-batch + hard negatives)
   ours+gc   - the same with GradCache (``--gc-chunk`` texts per chunk)
   st        - sentence-transformers ``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss``
               (anchor, positive, k negative columns; scale = 1 / temperature)
@@ -104,7 +105,8 @@ def run_ours(args, model: str, data: Path, workdir: Path, gradcache: bool) -> di
     shutil.rmtree(out, ignore_errors=True)  # a fresh run each round: never a resume of the last one
     cfg = EmbedderConfig(model=model, pooling="mean", normalize=True, query_max_len=args.max_len,
                          passage_max_len=args.max_len, temperature=args.temperature, group_size=args.group_size,
-                         batch_size=args.batch_size, lr=2e-5, max_steps=args.steps, bf16=args.bf16,
+                         per_device_train_batch_size=args.batch_size, learning_rate=2e-5, max_steps=args.steps,
+                         bf16=args.bf16,
                          gradcache=gradcache, gradcache_chunk_size=args.gc_chunk, dataset=str(data),
                          output_dir=str(out), logging_steps=1, eval_beir_dir=None)
     train(cfg)
@@ -119,12 +121,13 @@ def run_st(args, model: str, data: Path, workdir: Path) -> dict:
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from transformers import TrainerCallback
 
+    from trainers.embedder.config import EmbedderConfig
     from trainers.embedder.model import Embedder
 
     # the same starting point as ours: our Embedder's save of the base model (mean pooling, normalise)
     st_dir = workdir / "st-base"
-    emb = Embedder.from_config(__import__("trainers.embedder.config", fromlist=["EmbedderConfig"]).EmbedderConfig(
-        model=model, pooling="mean", normalize=True, query_max_len=args.max_len, passage_max_len=args.max_len))
+    emb = Embedder.from_config(EmbedderConfig(model=model, pooling="mean", normalize=True, query_max_len=args.max_len,
+                                              passage_max_len=args.max_len))
     emb.save(st_dir)
     st = SentenceTransformer(str(st_dir), device="cuda" if _cuda() else "cpu")
     st.max_seq_length = args.max_len

@@ -224,14 +224,18 @@ def agreement(labels: dict[tuple[str, str], int], decisions: dict, dropped: set[
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m builders.agreement", description=__doc__.split("\n\n")[0])
     ap.add_argument("--human", required=True, help="labels .tsv (header query_id/query, docid, label) or .jsonl")
     ap.add_argument("--build", required=True, help="a build folder (<config>/*.parquet, Hub layout)")
     ap.add_argument("--method", default="rlhn", help="config to compare with default (rlhn, hn_remove, arhn_rf, prhn_filter, percpos, ...)")
     ap.add_argument("--from-judgments", action="store_true", help="read ARHN/PRHN decisions from the judgments config")
     ap.add_argument("--json", help="also write the JSON report to this file")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     build = Path(args.build)
     try:
         labels = read_human_labels(args.human)

@@ -137,8 +137,7 @@ def run_distributed(
     return merge_shards(recipe, root, shards, out_dir, command, progress=progress, out=out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m builders.distributed", description=__doc__.split("\n\n")[1])
     p.add_argument("recipe")
     p.add_argument("--workers", type=int, required=True, help="shard tasks running at the same time")
@@ -151,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slurm-time", help="time limit per shard task, e.g. 24:00:00")
     p.add_argument("--merge-only", action="store_true", help="only merge shards already built under --root (e.g. with `python -m builders.cli RECIPE --shard i/N` on several machines)")
     p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = parser()
     args = p.parse_args(argv)
     overrides = []
     for item in args.set:

@@ -274,7 +274,7 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainers.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--model", help="embedder folder (SentenceTransformer); the first stage when --reranker is set")
     p.add_argument("--beir", required=True, help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
@@ -286,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--binary", action="store_true", help="nDCG with gain 1 for any grade > 0 (default: graded)")
     p.add_argument("--json-out", help="also write the metrics JSON here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
     args = p.parse_args(argv)
     k_values = tuple(int(k) for k in args.k_values.split(","))
     if args.reranker:

@@ -42,7 +42,7 @@ def launch(config: str, tmp_path: Path, *extra: str, recipe=EMBEDDER, env_extra=
                **(env_extra or {}))
     cmd = [str(ACCELERATE), "launch", "--config_file", str(CONFIGS / config), *extra,
            str(REPO / "trainers" / "train.py"), str(REPO / "trainers" / "configs" / recipe[0]), *recipe[1:],
-           "--max_steps", "2", "--batch_size", "2", "--group_size", "3",
+           "--max_steps", "2", "--per_device_train_batch_size", "2", "--group_size", "3",
            "--max_rows", "8", "--eval_beir_dir", "none", "--output_dir", str(out), *train_extra]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-6000:]}"
@@ -55,7 +55,7 @@ def check_run(out: Path, processes: int, recipe=EMBEDDER) -> None:
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2]
     # linear decay over the 2 optimizer steps, whatever the process count (half-way, then 0)
-    lr = json.loads((out / "train_config.json").read_text())["lr"]
+    lr = json.loads((out / "train_config.json").read_text())["learning_rate"]
     assert log[0]["lr"] == pytest.approx(lr / 2) and log[1]["lr"] == 0
     assert (out / "model" / "README.md").is_file()
     if recipe is RERANKER:
@@ -79,7 +79,7 @@ def test_configs_are_consistent():
             ds_file = cfg["deepspeed_config"]["deepspeed_config_file"]
             ds = json.loads((REPO / ds_file).read_text())
             assert ds["zero_optimization"]["stage"] == int(name[-1])
-            assert ds["train_micro_batch_size_per_gpu"] == "auto"  # filled from the trainer's batch_size
+            assert ds["train_micro_batch_size_per_gpu"] == "auto"  # filled from the trainer's per_device_train_batch_size
             assert "mixed_precision" not in cfg  # comes from the trainer (bf16) through "auto"
 
 

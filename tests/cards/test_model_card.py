@@ -17,7 +17,7 @@ def embedder_info(**kw) -> ModelCardInfo:
         dataset_config="default", dataset_revision="v1.0", loss="InfoNCE",
         loss_config={"temperature": 0.01, "gather_across_processes": True},
         loss_citation="@inproceedings{oord2018cpc, title={CPC}}",
-        hyperparameters={"lr": 2e-5, "batch_size": 128, "group_size": 8, "push_to": None},
+        hyperparameters={"learning_rate": 2e-5, "per_device_train_batch_size": 128, "group_size": 8, "push_to": None},
         hardware="8 x NVIDIA H100", train_seconds=5400.0,
         metrics={"ndcg@10": 0.51234, "mrr@10": 0.7, "recall@100": 0.9},
         eval_dataset="beir/scifact",
@@ -36,7 +36,7 @@ def test_embedder_card_has_every_section(tmp_path):
     assert meta["license"] == "apache-2.0" and "rlhn" in meta["tags"]
     assert "Dataset: `rlhn/rlhn-680K`" in card and "Config: `default`" in card and "Revision: `v1.0`" in card
     assert "| temperature | `0.01` |" in card  # loss parameters
-    assert "| lr | `2e-05` |" in card and "push_to" not in card  # unset values are left out
+    assert "| learning_rate | `2e-05` |" in card and "push_to" not in card  # unset values are left out
     assert "8 x NVIDIA H100" in card and "90.0 min" in card
     assert "| this model | 0.5123 | 0.7000 | 0.9000 |" in card
     assert "| system | ndcg@10 | mrr@10 | recall@100 |" in card

@@ -19,7 +19,7 @@ from sentence_transformers import SentenceTransformer
 from tests.stand_ins.hub_server import hub_stand_in
 from tests.trainers.refined_data import fixture_rows, write_refined
 from trainers.publish import push_model
-from trainers.train import main as train_main
+from trainers.train import run as train_run
 
 RECIPE = str(Path(__file__).resolve().parents[2] / "trainers" / "configs" / "minilm-cpu.yaml")
 SENTENCES = ["how are dividends taxed", "Form 1099-B is furnished by brokerages to recipients."]
@@ -29,10 +29,10 @@ def test_trained_model_pushes_with_card_and_config_and_reloads_at_version(tmp_pa
     data = write_refined(tmp_path / "data", {"rlhn": fixture_rows(6, passage_chars=200)})
     with hub_stand_in(tmp_path / "hub") as hub:
         monkeypatch.setenv("HF_TOKEN", hub.token)
-        model_dir = train_main([
+        model_dir = train_run([
             RECIPE, "--dataset", str(data), "--dataset_config", "rlhn",
             "--output_dir", str(tmp_path / "run"), "--eval_beir_dir", "none", "--max_steps", "2",
-            "--batch_size", "2", "--group_size", "2", "--query_max_len", "16", "--passage_max_len", "32",
+            "--per_device_train_batch_size", "2", "--group_size", "2", "--query_max_len", "16", "--passage_max_len", "32",
             "--push", "org/minilm-cli", "--version", "v1.0",
         ])
         local = SentenceTransformer(str(model_dir), device="cpu").encode(SENTENCES, convert_to_numpy=True)

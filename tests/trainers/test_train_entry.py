@@ -8,7 +8,7 @@ import yaml
 from trainers.config_io import ConfigError, write_training_config
 from trainers.embedder.config import EmbedderConfig
 from trainers.reranker.config import RerankerConfig
-from trainers.train import check_launch, expand_aliases
+from trainers.train import check_launch, parse_config
 
 
 def test_multi_process_without_cuda_or_cpu_mode_is_refused():
@@ -20,8 +20,24 @@ def test_multi_process_without_cuda_or_cpu_mode_is_refused():
 
 
 def test_push_aliases():
-    assert expand_aliases(["--push", "org/m", "--version=v1.0", "--lr", "1"]) == [
-        "--push_to", "org/m", "--push_version=v1.0", "--lr", "1"]
+    cfg = parse_config(["trainers/configs/minilm-cpu.yaml", "--push", "org/m", "--version=v1.0"])
+    assert (cfg.push_to, cfg.push_version) == ("org/m", "v1.0")
+
+
+@pytest.mark.parametrize(("config", "cls"), [("minilm-cpu", EmbedderConfig), ("minilm-cross-encoder-cpu", RerankerConfig),
+                                             ("qwen2.5-3b-llm-reranker", RerankerConfig)])
+def test_kind_picks_the_config_class(config, cls):
+    cfg = parse_config(["--config", f"trainers/configs/{config}.yaml", "--learning_rate", "5e-6"])
+    assert type(cfg) is cls and cfg.learning_rate == 5e-6
+
+
+def test_kind_errors(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("model: minilm\n")
+    with pytest.raises(ConfigError, match=r"c.yaml: `kind` must be one of \['embedder', 'cross_encoder', 'llm_reranker'\]"):
+        parse_config([str(bad)])
+    with pytest.raises(ConfigError, match="no config"):
+        parse_config(["--learning_rate", "1"])
 
 
 @pytest.mark.parametrize("cfg", [EmbedderConfig(push_to="org/m"), RerankerConfig()], ids=["embedder", "reranker"])

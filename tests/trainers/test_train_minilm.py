@@ -10,6 +10,7 @@ from sentence_transformers import SentenceTransformer
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 import trainers.embedder.trainer as embedder_trainer
+import trainers.trainer as loop
 from tests.trainers.refined_data import fixture_rows, write_refined
 from trainers.config_io import load_config
 from trainers.embedder.config import EmbedderConfig
@@ -17,7 +18,7 @@ from trainers.embedder.model import Embedder, resolve_model_path
 
 ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["how are dividends taxed", "Form 1099-B is furnished by brokerages to recipients."]
-SMALL = ["--max_steps", "2", "--batch_size", "2", "--group_size", "3", "--query_max_len", "16",
+SMALL = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--group_size", "3", "--query_max_len", "16",
          "--passage_max_len", "32"]
 
 
@@ -81,12 +82,13 @@ def uninterrupted(refined, tmp_path_factory):
     return model, embedder_trainer.train(resume_cfg(model, refined, root / "whole", save_steps=0))
 
 
-def resume_cfg(model: Path, refined: Path, out: Path, save_steps: int) -> EmbedderConfig:
+def resume_cfg(model: Path, refined: Path, out: Path, save_steps: int, *extra: str) -> EmbedderConfig:
     return load_config(EmbedderConfig, ROOT / "trainers/configs/minilm-cpu.yaml",
-                       ["--model", str(model), "--lr", "1e-3",
+                       ["--model", str(model), "--learning_rate", "1e-3",
                         "--dataset", str(refined), "--dataset_config", "rlhn", "--output_dir", str(out),
                         "--eval_beir_dir", "none", "--max_steps", "7", "--save_steps", str(save_steps),
-                        "--batch_size", "2", "--group_size", "2", "--query_max_len", "12", "--passage_max_len", "24"])
+                        "--per_device_train_batch_size", "2", "--group_size", "2", "--query_max_len", "12", "--passage_max_len", "24",
+                        *extra])
 
 
 # save_steps 5: the checkpoint is the end of epoch 0 (resume starts epoch 1 on a fresh loader);
@@ -103,16 +105,16 @@ def test_resume_from_last_checkpoint_matches_uninterrupted_run(refined, uninterr
         return resume_cfg(model, refined, out, save_steps)
 
 
-    real_save = embedder_trainer.save_checkpoint
+    real_save = loop.save_checkpoint
 
     def save_then_crash(*args, **kwargs):
         real_save(*args, **kwargs)
         raise Crash("simulated preemption after the step-2 checkpoint")
 
-    monkeypatch.setattr(embedder_trainer, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
     with pytest.raises(Crash):
         embedder_trainer.train(cfg(tmp_path / "resumed"))
-    monkeypatch.setattr(embedder_trainer, "save_checkpoint", real_save)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
     assert (tmp_path / "resumed" / "checkpoints" / f"step-{save_steps}").is_dir()
     resumed = embedder_trainer.train(cfg(tmp_path / "resumed"))
 
@@ -128,6 +130,36 @@ def test_resume_from_last_checkpoint_matches_uninterrupted_run(refined, uninterr
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_resume_with_gradient_accumulation_matches_uninterrupted_run(refined, uninterrupted, tmp_path, monkeypatch):
+    """5 micro-batches per epoch, 2 per optimizer step: steps 1-3 in epoch 0 (the last one a single micro-batch,
+    stepped at the end of the epoch), 4-5 in epoch 1. The checkpoint at step 2 is 4 micro-batches into epoch 0."""
+    model, _ = uninterrupted
+    extra = ("--gradient_accumulation_steps", "2", "--max_steps", "5")
+    whole = embedder_trainer.train(resume_cfg(model, refined, tmp_path / "whole", 0, *extra))
+    real_save = loop.save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise Crash("simulated preemption after the step-2 checkpoint")
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
+    with pytest.raises(Crash):
+        embedder_trainer.train(resume_cfg(model, refined, tmp_path / "resumed", 2, *extra))
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    state = json.loads((tmp_path / "resumed" / "checkpoints" / "step-2" / loop.STATE_FILE).read_text())
+    assert state == {"step": 2, "epoch": 0, "step_in_epoch": 4}
+    resumed = embedder_trainer.train(resume_cfg(model, refined, tmp_path / "resumed", 2, *extra))
+
+    def log(run):
+        return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+    assert [(e["step"], e["epoch"]) for e in log(whole.parent)] == [(1, 0), (2, 0), (3, 0), (4, 1), (5, 1)]
+    assert [e["loss"] for e in log(tmp_path / "resumed")] == pytest.approx([e["loss"] for e in log(whole.parent)],
+                                                                             abs=1e-6)
+    a, b = Embedder.load(whole).model.state_dict(), Embedder.load(resumed).model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
 @pytest.mark.parametrize("mode,gradcache", [("cmp", True), ("amp", False)])
 def test_multi_positive_training_paths(tmp_path, mode, gradcache):
     from tests.trainers.refined_data import multi_positive_rows
@@ -137,7 +169,7 @@ def test_multi_positive_training_paths(tmp_path, mode, gradcache):
     cfg = load_config(EmbedderConfig, ROOT / "trainers/configs/minilm-cpu.yaml",
                       ["--model", str(model), "--dataset", str(data), "--dataset_config", "clear",
                        "--output_dir", str(tmp_path / "run"), "--eval_beir_dir", "none", "--max_steps", "2",
-                       "--batch_size", "3", "--group_size", "3", "--multi_positive", mode, "--max_positives", "3",
+                       "--per_device_train_batch_size", "3", "--group_size", "3", "--multi_positive", mode, "--max_positives", "3",
                        "--gradcache", str(gradcache).lower(), "--gradcache_chunk_size", "4",
                        "--query_max_len", "12", "--passage_max_len", "24"])
     model_dir = embedder_trainer.train(cfg)

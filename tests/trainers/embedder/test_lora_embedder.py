@@ -20,7 +20,7 @@ def test_tiny_qwen2_trains_as_lora_embedder_saves_adapters_and_merged(tmp_path):
     base = save_tiny_qwen2(tmp_path / "base", texts)
     data = write_refined(tmp_path / "data", {"rlhn": rows})
     cfg = EmbedderConfig(model=base, pooling="last", query_prefix="query: ", passage_prefix="passage: ",
-                         query_max_len=24, passage_max_len=48, group_size=3, batch_size=4, lr=5e-3,
+                         query_max_len=24, passage_max_len=48, group_size=3, per_device_train_batch_size=4, learning_rate=5e-3,
                          max_steps=3, temperature=0.05, lora_r=4, lora_alpha=8, lora_dropout=0.0,
                          lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                               "down_proj"],

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trainers.data import TrainGroups, load_rows
-from trainers.losses.reranker import ListwiseCE, PointwiseBCE
+from trainers.losses import ListwiseCE, PointwiseBCE
 from trainers.reranker.config import RerankerConfig
 from trainers.reranker.model import (
     HEAD_CONTRACT_FILE,
@@ -37,14 +37,15 @@ def tiny_qwen(tmp_path_factory):
 
 
 def ce_config(tmp_path, **kw) -> RerankerConfig:
-    base = dict(kind="cross_encoder", model="minilm", group_size=3, max_length=64, batch_size=2, lr=5e-5,
+    base = dict(kind="cross_encoder", model="minilm", group_size=3, max_length=64, per_device_train_batch_size=2,
+                learning_rate=5e-5,
                 max_steps=2, dataset=str(ROWS), max_rows=4, output_dir=str(tmp_path / "run"), logging_steps=1)
     return RerankerConfig(**{**base, **kw})
 
 
 def llm_config(tmp_path, model_dir, head, **kw) -> RerankerConfig:
-    base = dict(kind="llm_reranker", model=str(model_dir), head=head, group_size=3, max_length=48, batch_size=2,
-                lr=1e-2, max_steps=2, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+    base = dict(kind="llm_reranker", model=str(model_dir), head=head, group_size=3, max_length=48,
+                per_device_train_batch_size=2, learning_rate=1e-2, max_steps=2, lora_r=4, lora_alpha=8, lora_dropout=0.0,
                 lora_target_modules=["q_proj", "v_proj"], dataset=str(ROWS), max_rows=4,
                 output_dir=str(tmp_path / "run"), logging_steps=1)
     return RerankerConfig(**{**base, **kw})
@@ -58,7 +59,7 @@ def one_training_step(cfg: RerankerConfig):
     batch = RerankerCollator(reranker, cfg.group_size)([groups[0], groups[1]])
     loss = ListwiseCE()(score_grid(reranker(**batch["inputs"]), batch), batch["mask"])
     loss.backward()
-    torch.optim.SGD([p for p in reranker.parameters() if p.requires_grad], lr=cfg.lr).step()
+    torch.optim.SGD([p for p in reranker.parameters() if p.requires_grad], lr=cfg.learning_rate).step()
     return reranker.eval()
 
 
@@ -142,8 +143,8 @@ def test_cross_encoder_trains_and_writes_model_and_card(tmp_path, loss):
 def test_shipped_reranker_configs_load(name):
     from trainers.config_io import load_config
 
-    cfg = load_config(RerankerConfig, CONFIGS / f"{name}.yaml", ["--lr", "1e-5"])
-    assert cfg.lr == 1e-5 and cfg.group_size >= 2
+    cfg = load_config(RerankerConfig, CONFIGS / f"{name}.yaml", ["--learning_rate", "1e-5"])
+    assert cfg.learning_rate == 1e-5 and cfg.group_size >= 2
     assert cfg.kind == ("llm_reranker" if "llm" in name else "cross_encoder")
 
 
@@ -230,3 +231,24 @@ def test_reranker_resumes_from_checkpoint_to_the_same_model(tmp_path, tiny_qwen,
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path, tiny_qwen):
+    """Listwise CE is a mean over groups: 2 micro-batches of 2 accumulated are one batch of 4, step for step
+    (no dropout; scores do not depend on the batch's padding, see above)."""
+    from safetensors.torch import load_file
+
+    def run(name, batch, accumulate):
+        return train(llm_config(tmp_path / name, tiny_qwen, "causal_yes_no", max_rows=8, max_steps=2,
+                                per_device_train_batch_size=batch, gradient_accumulation_steps=accumulate))
+
+    whole, accumulated = run("whole", 4, 1), run("accumulated", 2, 2)
+    logs = [[json.loads(line) for line in (tmp_path / name / "run" / "train_log.jsonl").read_text().splitlines()]
+            for name in ("whole", "accumulated")]
+    assert [e["step"] for e in logs[1]] == [1, 2]
+    assert [e["loss"] for e in logs[1]] == pytest.approx([e["loss"] for e in logs[0]], abs=1e-5)
+    assert [e["lr"] for e in logs[1]] == [e["lr"] for e in logs[0]]
+    a = load_file(whole / "adapter" / "adapter_model.safetensors")
+    b = load_file(accumulated / "adapter" / "adapter_model.safetensors")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
