@@ -44,7 +44,7 @@ class Settings:
     judged_rows: int = 20
     arhn_rows: int = 6  # ARHN's snippet extraction is the slowest judge step on CPU: a subset of the judged rows
     negatives: int = 4
-    max_length: int = 64  # mining and PercPos teacher tokens = the trained passage_max_len
+    max_length: int = 64  # mining tokens = the trained passage_max_len (the PercPos teacher reads 128: its recipe)
     mine_seed: int = 13
     max_steps: int | None = None  # None: one epoch (train.yaml)
     judges: str | None = None
