@@ -190,6 +190,7 @@ def build(recipe: Recipe, command: str, progress: bool = True, out=None, shard: 
         ledger=stored,
         method_settings={m.NAME: m.card_settings(s) for m, s in methods},
         citations=card_citations(recipe, methods),
+        see_also=list(recipe.card.see_also),
     )
     write_dataset_card(folder, info)
     failures = failures_of(run.judge_runs)

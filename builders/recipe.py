@@ -71,6 +71,7 @@ class CardConfig:
     source_dataset: str | None = None  # e.g. cfli/bge-full-data
     source_revision: str | None = None
     language: list[str] = field(default_factory=lambda: ["en"])
+    see_also: list[str] = field(default_factory=list)  # links (URLs or paths) the card lists under "See also", e.g. a results table
 
 
 @dataclass

@@ -44,6 +44,7 @@ class DatasetCardInfo:
     ledger: CostLedger | None = None  # what the judges cost (actual requests, tokens, retries, failures, wall time, USD)
     method_settings: dict[str, dict] = field(default_factory=dict)  # method -> the settings its card section states
     dataset_info: dict | list | None = None  # YAML `dataset_info` as push_to_hub writes it (builders.output.dataset_info)
+    see_also: list[str] = field(default_factory=list)  # links listed under "See also" (recipe `card.see_also`)
 
 
 # The side-by-side comparison: per method and subset, these counters (per query where it says so).

@@ -71,6 +71,7 @@ class ModelCardInfo:
     model_id: str | None = None  # Hub id for the usage snippet; default: the model folder
     methods: list[str] | None = None  # refinement methods; None = read from the dataset names
     tags: list[str] = field(default_factory=list)
+    see_also: list[str] = field(default_factory=list)  # links listed under "See also" (config `card_see_also`)
 
 
 def detect_methods(dataset: str, dataset_config: str | None) -> list[str]:

@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("builders", "trainers", "cards")
+PACKAGES = ("builders", "trainers", "cards", "experiments")
 
 
 def modules() -> dict[str, Path]:
@@ -96,6 +96,13 @@ def test_arrows_point_one_way():
             assert not (lm in ("judges", "methods", "sources", "output") and d in ("builders.build", "builders.cli")), f"{m} imports the entry point {d}"
             assert not (lm == "output" and ld in ("judges", "methods")), f"{m} (output) imports {d}"
             assert not (lm == "sources" and ld in ("judges", "methods", "output")), f"{m} (sources) imports {d}"
+            assert not (not m.startswith("experiments") and d.startswith("experiments")), f"{m} imports the experiment {d}"
+
+
+def test_experiments_are_seen_and_import_the_packages():
+    g = graph()
+    assert "experiments.scifact_negatives.run" in g
+    assert any(d.startswith("builders") for d in g["experiments.scifact_negatives.run"])
 
 
 def test_folders_stay_walkable():

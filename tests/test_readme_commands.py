@@ -96,6 +96,10 @@ def parse(argv: list[str]) -> None:
         from trainers.evaluate import parser
 
         parser().parse_args(argv[3:])
+    elif argv[:3] == ["python", "-m", "experiments.scifact_negatives"]:
+        from experiments.scifact_negatives.run import parser
+
+        parser().parse_args(argv[3:])
     elif argv[0] in ("./run.sh", "bash"):
         script = argv[0].removeprefix("./") if argv[0] != "bash" else argv[1]
         command = argv[1] if argv[0] != "bash" else argv[2]

@@ -76,6 +76,7 @@ class TrainingConfig:
     logging_steps: int = option(10, "a train_log.jsonl line every N optimizer steps (and at the last)")
     eval_beir_dir: str | None = option(None, "BEIR folder to evaluate the saved model on after training; none = skip")
     per_device_eval_batch_size: int = option(64, "batch size of the evaluation after training")
+    card_see_also: list[str] = option([], "links (URLs or paths) the model card lists under See also, e.g. a results table")
     push_to: str | None = option(None, "Hub repo `org/name` to push the model, card and training config to",
                                  aliases=["--push"])
     push_version: str | None = option(None, "tag of the pushed commit, e.g. v1.0", aliases=["--version"])

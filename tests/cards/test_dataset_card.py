@@ -91,3 +91,12 @@ def test_dataset_info_goes_into_the_yaml_that_datasets_reads():
     read = DatasetInfosDict.from_dataset_card_data(data)
     assert {c: i.splits["train"].num_examples for c, i in read.items()} == {"default": 25, "judgments": 42, "rlhn": 24}
     assert MetadataConfigs.from_dataset_card_data(data)["rlhn"]["description"] == "sha256:0"
+
+
+def test_see_also_links_are_listed_only_when_given():
+    info = _info([_result("rlhn", [], {})])
+    assert "## See also" not in render_dataset_card(info)
+    info.see_also = ["experiments/scifact_negatives/results.md"]
+    card = render_dataset_card(info)
+    assert "## See also\n\n- experiments/scifact_negatives/results.md\n" in card
+    assert card.index("## See also") < card.index("## Reproduce")

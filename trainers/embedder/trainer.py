@@ -108,6 +108,7 @@ class EmbedderTrainer(Trainer):
             metrics=summary["metrics"],
             eval_dataset=cfg.eval_beir_dir,
             model_id=cfg.push_to,
+            see_also=list(cfg.card_see_also),
         ))
 
 

@@ -97,6 +97,7 @@ class RerankerTrainer(Trainer):
             eval_dataset=cfg.eval_beir_dir,
             license=cfg.license,
             head=cfg.head if cfg.kind == "llm_reranker" else None,
+            see_also=list(cfg.card_see_also),
         ))
 
 

@@ -1,0 +1,3 @@
+from experiments.scifact_negatives.run import main
+
+raise SystemExit(main())

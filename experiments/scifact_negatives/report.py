@@ -1,0 +1,184 @@
+"""``results.md`` and the nDCG@10 plot from the run's raw numbers (``<out>/results.json``).
+
+Everything in the table is read from what the run measured; nothing is typed in. Means and standard
+deviations are over the training seeds (sample std, n - 1; 0 with one seed).
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+from pathlib import Path
+
+METRICS = (("ndcg@10", "nDCG@10"), ("recall@100", "Recall@100"), ("mrr@10", "MRR@10"))
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt(x: float | None, digits: int = 3, sign: bool = False) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def precision_recall(table: dict) -> tuple[float | None, float | None]:
+    tp, fn = table["human_1"]["judge_1"], table["human_1"]["judge_0"]
+    fp = table["human_0"]["judge_1"]
+    return (tp / (tp + fp) if tp + fp else None), (tp / (tp + fn) if tp + fn else None)
+
+
+def noise_note(metrics: dict) -> str:
+    """oracle vs default against the seeds' spread (the rule: a difference under twice the larger std is noise)."""
+    if "oracle" not in metrics or "default" not in metrics:
+        return ""
+    o = [m["ndcg@10"] for m in metrics["oracle"]]
+    d = [m["ndcg@10"] for m in metrics["default"]]
+    (om, os_), (dm, ds) = mean_std(o), mean_std(d)
+    diff = om - dm
+    per_seed = ", ".join(fmt(a - b, 4, sign=True) for a, b in zip(o, d))
+    if len(o) < 2:
+        verdict = "one seed: no noise estimate"
+    elif abs(diff) < 2 * max(os_, ds):
+        verdict = f"within seed noise (|Δ| < 2 × the larger std, {2 * max(os_, ds):.4f})"
+    else:
+        verdict = f"larger than twice the larger seed std ({2 * max(os_, ds):.4f})"
+    return (f"oracle − default nDCG@10: {fmt(diff, 4, sign=True)} (per seed, same seed paired: {per_seed}); "
+            f"std over seeds: default {ds:.4f}, oracle {os_:.4f}: {verdict}.")
+
+
+def table(raw: dict) -> list[str]:
+    metrics, counts = raw["metrics"], raw["counts"]
+    base = metrics["base"][0]
+    default_mean = mean_std([m["ndcg@10"] for m in metrics["default"]])[0] if "default" in metrics else None
+    head = ("| variant | rows | positives | negatives | judged rows | judge calls | nDCG@10 | Recall@100 | MRR@10 "
+            "| Δ nDCG@10 vs base | Δ nDCG@10 vs default | nDCG@10 per seed |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    lines.append("| base (no fine-tuning) | – | – | – | – | 0 | " + " | ".join(fmt(base[k]) for k, _ in METRICS)
+                 + " | – | " + (fmt(base["ndcg@10"] - default_mean, sign=True) if default_mean is not None else "n/a")
+                 + " | – |")
+    for v, runs in metrics.items():
+        if v == "base":
+            continue
+        c = counts[v]
+        cells = []
+        for key, _ in METRICS:
+            m, s = mean_std([r[key] for r in runs])
+            cells.append(f"{m:.3f} ± {s:.3f}")
+        nd = mean_std([r["ndcg@10"] for r in runs])[0]
+        lines.append(
+            f"| {v} | {c['rows']} | {c['positives']} | {c['negatives']} | {c.get('judged_rows', '–')} "
+            f"| {c['judge_answers']} | " + " | ".join(cells)
+            + f" | {fmt(nd - base['ndcg@10'], sign=True)} | "
+            + (fmt(nd - default_mean, sign=True) if default_mean is not None else "n/a")
+            + " | " + ", ".join(f"{r['ndcg@10']:.3f}" for r in runs) + " |")
+    return lines
+
+
+def agreement_lines(raw: dict) -> list[str]:
+    lines = ["| variant | config | pairs | κ | precision | recall | FN found (H1J1) | FN missed (H1J0) "
+             "| true negatives flagged (H0J1) | agreed negatives (H0J0) | unmatched |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for v, a in raw["agreement"].items():
+        o = a["overall"]
+        p, r = precision_recall(o["table"])
+        t = o["table"]
+        unmatched = ", ".join(f"{k} {n}" for k, n in sorted(a.get("unmatched", {}).items())) or "0"
+        lines.append(f"| {v} | `{a['config']}` | {o['n']} | {fmt(o['kappa'])} | {fmt(p)} | {fmt(r)} "
+                     f"| {t['human_1']['judge_1']} | {t['human_1']['judge_0']} | {t['human_0']['judge_1']} "
+                     f"| {t['human_0']['judge_0']} | {unmatched} |")
+    return lines
+
+
+def plot(raw: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = raw["metrics"]
+    names = [v for v in metrics if v != "base"]
+    stats = [mean_std([r["ndcg@10"] for r in metrics[v]]) for v in names]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    ax.bar(names, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=5, color="#4c72b0")
+    for i, v in enumerate(names):
+        ax.scatter([i] * len(metrics[v]), [r["ndcg@10"] for r in metrics[v]], color="black", s=10, zorder=3)
+    ax.axhline(metrics["base"][0]["ndcg@10"], color="#c44e52", linestyle="--", label="base MiniLM (no fine-tuning)")
+    lo = min([m - s for m, s in stats] + [metrics["base"][0]["ndcg@10"]])
+    hi = max([m + s for m, s in stats] + [metrics["base"][0]["ndcg@10"]])
+    pad = max(0.01, (hi - lo) * 0.5)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_ylabel("nDCG@10 (SciFact test)")
+    n = len(raw["facts"]["seeds"])
+    ax.set_title(f"MiniLM fine-tuned per training-set variant: mean ± std over {n} seed(s), dots = seeds")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write(path: Path, raw: dict, plot_path: Path) -> Path:
+    f = raw["facts"]
+    plot(raw, plot_path)
+    t = f["timings"]
+    judge_s = sum(v for k, v in t.items() if k.startswith("build ") and k.split()[1] in ("rlhn", "arhn", "clear"))
+    train_s = [v for k, v in t.items() if k.startswith("train+evaluate")]
+    lines = [
+        "# Does cleaning the negatives help? SciFact in miniature",
+        "",
+        "Written by `python -m experiments.scifact_negatives" + (" --quick" if f["quick"] else "") + "` "
+        "(`experiments/scifact_negatives/run.py`); every number below is what that run measured."
+        + (" **Quick mode: the machinery only, the numbers mean nothing.**" if f["quick"] else ""),
+        "",
+        f"- Data: BEIR SciFact (claims CC BY 4.0, abstracts ODC-By 1.0; `data/LICENSE.md`), corpus cut to "
+        f"{f['corpus_docs']:,} abstracts (every labelled one + a seeded sample), {f['mined_rows']} train queries "
+        f"mined, TEST split of {f['test_queries']} queries.",
+        f"- Mining: bundled all-MiniLM-L6-v2 ({f['max_length']} tokens), top {f['negatives']} minus the labelled "
+        f"positives; queries with ≥ 2 positives keep one (seeded), {f['held_out']} held out as unlabelled; "
+        f"{f['known_fn_all']} of them were mined as negatives = the known false negatives.",
+        f"- Training rows: {f['train_rows']} (all {f['fn_rows_train']} rows with a known false negative, "
+        f"{f['known_fn_train']} pairs, + a seeded draw of the others); the same rows for every variant.",
+        f"- Judged rows: {f['judged_rows']} of them ({f['judged_fn_rows']} with a known false negative, "
+        f"{f['known_fn_judged']} pairs); ARHN judges {f['arhn_rows']} of them ({f['arhn_fn_rows']} with a known false "
+        f"negative: its snippet extraction is the slowest judge step on CPU); judges: {f['judges']}. "
+        "Rows not judged stay as in `default`.",
+        f"- Training: `experiments/scifact_negatives/train.yaml`, identical for every variant; seeds "
+        f"{', '.join(map(str, f['seeds']))}" + (f"; max_steps {f['max_steps']}" if f["max_steps"] else "") + ".",
+        f"- Runtime: {f['total_seconds'] / 60:.1f} min in all (judged builds {judge_s / 60:.1f} min, "
+        f"{len(train_s)} train+evaluate runs {sum(train_s) / 60:.1f} min, "
+        f"{statistics.fmean(train_s) if train_s else 0:.0f} s each); machine: {platform.machine()}, "
+        f"load before/after: {f.get('load_before', 'n/a')} / {f.get('load_after', 'n/a')}.",
+        "",
+        "## nDCG@10, Recall@100, MRR@10 on the SciFact TEST split (mean ± std over seeds)",
+        "",
+        *table(raw),
+        "",
+        "`judge calls`: judge answers the build used (made now, or read back from its judgment store). "
+        "`judged rows`: rows whose training copy is the method's output.",
+        "",
+        noise_note(raw["metrics"]),
+        "",
+        f"![nDCG@10 per variant]({plot_path.name})",
+        "",
+        "## Each method against the known false negatives (`builders.agreement`)",
+        "",
+        "Pairs: every mined negative of the rows the method saw (judged rows; PercPos: all training rows), "
+        "label 1 = a known false negative. A pair the method removed from the negatives (relabelled or "
+        "dropped) counts as judged false negative.",
+        "",
+        *agreement_lines(raw),
+        "",
+        "## Timings (s)",
+        "",
+        "| step | seconds |",
+        "|---|---|",
+        *[f"| {k} | {v:.0f} |" for k, v in t.items()],
+        "",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
