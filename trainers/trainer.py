@@ -209,7 +209,7 @@ class Trainer:
             break
         bar.close()
         return self.finish(accelerator, model, output_dir, {
-            "steps": step, "epochs_completed": epoch, "final_loss": last_loss,
+            "steps": step, "epochs": round(step / max(steps_per_epoch, 1), 3), "final_loss": last_loss,
             "train_seconds": round(time.time() - started, 1), "num_processes": accelerator.num_processes,
             "hardware": hardware(accelerator)})
 

@@ -42,6 +42,7 @@ def test_accelerate_launch_trains_evaluates_and_writes_model_and_card(refined, t
     model_dir = out / "model"
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 2 and summary["num_processes"] == 1 and 0.0 <= summary["metrics"]["ndcg@10"] <= 1.0
+    assert summary["epochs"] == 0.4  # 2 of the 5 steps an epoch of 10 rows at batch 2 takes (a float, as HF logs it)
     assert (model_dir / "training_config.yaml").is_file()
     card = (model_dir / "README.md").read_text()
     assert "InfoNCE" in card and "ndcg@10" in card.lower() and "sentence-transformers/all-MiniLM-L6-v2" in card
