@@ -19,7 +19,7 @@ from pathlib import Path
 from builders.judges.endpoints.base import Backend
 from builders.judges.ledger import CostLedger, StagePlan, load_prices
 from builders.methods.base import never_edits
-from builders.methods.run import MethodsRun, failures_of, make_judges, run_methods, stored_ledger
+from builders.methods.run import MethodsRun, add_fleet_rows, failures_of, fleet_counts, make_judges, run_methods, stored_ledger
 from builders.output.dataset_info import describe_configs
 from builders.output.writers import configs_yaml_entries
 from builders.recipe import Recipe, judge_plan, recipe_to_dict, selected
@@ -100,9 +100,13 @@ async def _judge_chunks(recipe: Recipe, rows, spool: ConfigSpool, progress: bool
     """Every method the recipe names over the row stream, a chunk at a time (``chunk_rows``),
     with the judges built once: configs and judgments go to the spool, counts and ledgers are
     summed chunk by chunk."""
+    from builders.judges.annotate import STAGE_CLOCKS, StageClocks
     from builders.judges.store import JudgmentStore
 
     judges = backends or make_judges(judge_plan(recipe), recipe.fleet)
+    clocks = StageClocks()
+    STAGE_CLOCKS.set(clocks)  # this task's context: the stages' wall times, overlapping runs counted once
+    before = fleet_counts(judges)
     method_of = {m.NAME: m for m, _ in selected(recipe)}
     accumulators: dict[str, ResultAccumulator] = {}
     total = MethodsRun(ledger=CostLedger(prices=load_prices(recipe.prices)))
@@ -124,6 +128,10 @@ async def _judge_chunks(recipe: Recipe, rows, spool: ConfigSpool, progress: bool
                 add_judge_runs(total.judge_runs, run.judge_runs)
                 total.fleets = run.fleets  # the fleets' stats are cumulative over the build
                 subsets.update(r.subset for r in chunk)
+        add_fleet_rows(total.ledger, judges, before, dict(clocks.wall_s))
+        for row in total.ledger.rows.values():
+            if row.stage in clocks.wall_s:
+                row.wall_s = round(clocks.wall_s[row.stage], 3)
     finally:
         if backends is None:
             for b in {id(b): b for b in judges.values()}.values():

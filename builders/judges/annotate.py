@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import random
 import time
@@ -44,7 +45,7 @@ from typing import Callable, Iterable
 from tqdm.auto import tqdm
 
 from builders.judges.endpoints.base import Backend, EndpointError, GenerateRequest, Generation
-from builders.judges.fleet import Fleet
+from builders.judges.fleet import CALL_STAGE, Fleet
 from builders.judges.ledger import Price
 from builders.judges.store import Judgment, JudgmentStore, Status, request_sha
 
@@ -64,6 +65,45 @@ class RetryPolicy:
 
 
 FLEET_RETRY = RetryPolicy(base_delay_s=0.1, max_delay_s=5.0)  # see the module docstring
+
+
+class StageClocks:
+    """Wall time per stage as the union of its runs' intervals: runs of one stage that overlap
+    (the next chunk's calls going out while this chunk finishes) count once. A build sets one
+    in ``STAGE_CLOCKS``; the annotator and ``builders.judges.scoring`` clock their runs into it."""
+
+    def __init__(self):
+        self._open: dict[str, tuple[int, float]] = {}  # stage -> (runs under way, since when)
+        self.wall_s: Counter = Counter()
+
+    def enter(self, stage: str) -> None:
+        runs, since = self._open.get(stage, (0, time.monotonic()))
+        self._open[stage] = (runs + 1, since)
+
+    def exit(self, stage: str) -> None:
+        runs, since = self._open[stage]
+        if runs > 1:
+            self._open[stage] = (runs - 1, since)
+            return
+        del self._open[stage]
+        self.wall_s[stage] += time.monotonic() - since
+
+    @contextlib.contextmanager
+    def clocking(self, stage: str):
+        self.enter(stage)
+        try:
+            yield
+        finally:
+            self.exit(stage)
+
+
+STAGE_CLOCKS: contextvars.ContextVar[StageClocks | None] = contextvars.ContextVar("STAGE_CLOCKS", default=None)
+
+
+def stage_clock(stage: str):
+    """The build's clock for ``stage`` as a context manager (a no-op outside a build)."""
+    clocks = STAGE_CLOCKS.get()
+    return clocks.clocking(stage) if clocks is not None else contextlib.nullcontext()
 
 
 _quiet_runs = 0  # annotator runs under way in this process with the collector quietened
@@ -207,6 +247,10 @@ class Annotator:
         raise RuntimeError("Annotator.run_sync was called inside a running event loop; use `await annotator.run(items)`")
 
     async def run(self, items: Iterable[tuple[str, GenerateRequest]]) -> AnnotationResult:
+        with stage_clock(self.stage):
+            return await self._run(items)
+
+    async def _run(self, items: Iterable[tuple[str, GenerateRequest]]) -> AnnotationResult:
         started = time.monotonic()
         items = list(items)
         keys = [key for key, _ in items]
@@ -328,13 +372,18 @@ class Annotator:
 
     async def _call(self, request: GenerateRequest, ledger: Ledger, tally: list[int]) -> Generation:
         """One answer with bounded retries of retryable errors; ``tally[0]`` counts the calls."""
-        return await call_with_retries(lambda: self.backend.generate(request), self.retry, self._rng, ledger, tally)
+        return await call_with_retries(lambda: self.backend.generate(request), self.retry, self._rng, ledger, tally,
+                                       stage=self.stage)
 
 
-async def call_with_retries(call, retry: RetryPolicy, rng: random.Random, ledger: Ledger, tally: list[int]):
+async def call_with_retries(call, retry: RetryPolicy, rng: random.Random, ledger: Ledger, tally: list[int],
+                            stage: str | None = None):
     """``await call()`` (a ``Generation`` or ``Scored``) with bounded retries of retryable errors
     and jittered backoff. Every attempt counts in ``ledger.calls`` and ``tally[0]``, every retry in
-    ``ledger.retries`` by kind, the answer's tokens in the ledger; the last error is raised."""
+    ``ledger.retries`` by kind, the answer's tokens in the ledger; the last error is raised.
+    ``stage`` names the calls for a fleet's per-stage counts (``CALL_STAGE``, in this task)."""
+    if stage is not None and CALL_STAGE.get() != stage:
+        CALL_STAGE.set(stage)  # each caller runs in its own task: the setting stays in that task
     for attempt in range(1, retry.max_attempts + 1):
         ledger.calls += 1
         tally[0] += 1

@@ -1,10 +1,14 @@
 """Several judge endpoints behind one ``Backend``: keep every endpoint full, lose nothing.
 
 A ``Fleet`` holds any mix of backends (TGI ``/generate``, OpenAI-compatible chat, local) that
-serve the same judge. For each endpoint it keeps an in-flight limit:
+serve the same judge; every remote judge of a recipe is one, a single endpoint too
+(``builders.methods.run.make_judges``). For each endpoint it keeps an in-flight limit:
 
-- it starts at ``/info``'s ``max_concurrent_requests`` when the server offers it (TGI), which is
-  then also the ceiling; otherwise at ``FleetConfig.default_limit`` under ``max_limit``;
+- it starts at what the server states (``fleet_members.probe_limits``: TGI ``/info``
+  ``max_concurrent_requests``, llama.cpp ``/props`` ``total_slots``, SGLang ``/get_server_info``
+  ``max_running_requests``), which is then also the ceiling; a server that states none (vLLM)
+  starts at ``FleetConfig.default_limit`` in slow start under ``max_limit``: the probe. The
+  recipe's ``concurrency:`` caps both (an optional cap, not the starting limit);
 - it adapts by AIMD: +1 per success while below the slow-start threshold, then +1 per
   ``limit`` successes (additive increase), but only while the limit is what holds requests
   back. A 429 on a call sent with k of ours in flight means the server holds at most k - 1 for
@@ -47,6 +51,8 @@ from builders.judges.endpoints import make_backend
 from builders.judges.endpoints.base import Backend, EndpointError, GenerateRequest, Generation, Scored, ScoreRequest
 from builders.judges.endpoints.spec import EndpointSpec
 from builders.judges.fleet_members import (  # noqa: F401 - re-exported: callers import them from here
+    CALL_STAGE,
+    STAGE_COUNTS,
     EndpointStats,
     FleetConfig,
     FleetEndpoint,
@@ -54,6 +60,7 @@ from builders.judges.fleet_members import (  # noqa: F401 - re-exported: callers
     QueuedCall,
     probe_health,
     probe_info,
+    probe_limits,
 )
 
 
@@ -80,9 +87,8 @@ class Fleet(Backend):
 
     @classmethod
     def from_specs(cls, specs: list[EndpointSpec], config: FleetConfig | None = None) -> "Fleet":
-        """A fleet of the recipe's endpoints for one judge (``spec.concurrency`` is the starting
-        limit of an endpoint that does not offer ``/info``)."""
-        endpoints = [FleetEndpoint(make_backend(spec), url=spec.url, default_limit=spec.concurrency) for spec in specs]
+        """A fleet of the recipe's endpoints for one judge (``spec.concurrency``: the endpoint's cap)."""
+        endpoints = [FleetEndpoint(make_backend(spec), url=spec.url, cap=spec.concurrency) for spec in specs]
         return cls(endpoints, config, model_id=specs[0].model_id if specs else None)
 
     # --- Backend ----------------------------------------------------------------------------
@@ -123,6 +129,15 @@ class Fleet(Backend):
     def stats(self) -> list[EndpointStats]:
         return [EndpointStats(**{**vars(m.stats), "failures_by_kind": dict(m.stats.failures_by_kind)}) for m in self.members]
 
+    def stage_stats(self) -> dict[str | None, dict[str, dict[str, int]]]:
+        """stage (``CALL_STAGE`` of the calls; None: calls made outside a stage) -> endpoint name ->
+        its ``STAGE_COUNTS`` so far (attempts, succeeded, overloaded, failed, moved, tokens)."""
+        out: dict[str | None, dict[str, dict[str, int]]] = {}
+        for member in self.members:
+            for stage, tally in member.by_stage.items():
+                out.setdefault(stage, {})[member.stats.name] = {name: tally[name] for name in STAGE_COUNTS}
+        return out
+
     async def aclose(self) -> None:
         self._closed = True
         for member in self.members:
@@ -158,26 +173,27 @@ class Fleet(Backend):
         self._set_limits(member, offered)
 
     async def _read_info_fields(self, member: FleetMember) -> int | None:
-        """``/info``'s ``max_concurrent_requests`` (None: not offered); keeps ``max_input_tokens``
-        in the stats. Connection failures raise."""
+        """The concurrency the server states (None: none; ``probe_limits``); keeps where it came
+        from and ``max_input_tokens`` in the stats. Connection failures raise."""
         if member.url is None:
+            member.stats.limit_source = "no url: default_limit"
             return None
-        info = await probe_info(self._http(), member.url) or {}
-        max_input = info.get("max_input_tokens")
-        member.stats.max_input_tokens = max_input if isinstance(max_input, int) and max_input > 0 else None
-        offered = info.get("max_concurrent_requests")
-        return offered if isinstance(offered, int) and offered > 0 else None
+        offered, source, max_input = await probe_limits(self._http(), member.url)
+        member.stats.max_input_tokens = max_input
+        member.stats.limit_source = source
+        return offered
 
     def _set_limits(self, member: FleetMember, offered: int | None) -> None:
         stats, config = member.stats, self.config
         stats.info_limit = offered
-        stats.limit = float(offered or member.default_limit)
-        stats.ceiling = float(offered or config.max_limit)
+        stats.ceiling = float(min(offered or config.max_limit, member.cap or math.inf))
+        stats.limit = min(float(offered or member.default_limit), stats.ceiling)
         member.threshold = math.inf
 
     # --- routing ----------------------------------------------------------------------------
     async def _route(self, call):
         await self.start()
+        stage = CALL_STAGE.get()
         tried: dict[int, int] = {}  # endpoint -> its success count when this call failed there
         last_error: EndpointError | None = None
         previous: FleetMember | None = None
@@ -185,6 +201,7 @@ class Fleet(Backend):
             member = await self._acquire(tried, last_error)
             if previous is not None:
                 previous.stats.moved += 1  # the failed attempt found another slot: the caller never sees it
+                previous.count(stage, moved=1)
             sent = time.monotonic()
             ticket = next(self._tickets)
             member.sent[ticket] = sent
@@ -193,6 +210,7 @@ class Fleet(Backend):
                 result = await call(member.backend)
             except EndpointError as error:
                 self._release(member, ticket)
+                member.count(stage, attempts=1, **{"overloaded" if error.kind == "overloaded" else "failed": 1})
                 self._on_failure(member, error, sent, in_flight_at_send)
                 if error.kind == "validation" or attempt == self.config.max_moves:
                     raise
@@ -203,7 +221,11 @@ class Fleet(Backend):
                 continue
             except BaseException:
                 self._release(member, ticket)
+                member.count(stage, attempts=1)
                 raise
+            answered = isinstance(result, (Generation, Scored))
+            member.count(stage, attempts=1, succeeded=1, prompt_tokens=(answered and result.prompt_tokens) or 0,
+                         completion_tokens=(answered and result.completion_tokens) or 0)
             self._on_success(member, result, sent)  # counted before the slot is handed on: a waiter
             self._release(member, ticket)  # that failed here before may take it (proof of life)
             return result
@@ -387,7 +409,7 @@ class Fleet(Backend):
                 self._set_limits(member, await self._read_info_fields(member))
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 continue
-            member.threshold = member.stats.limit  # slow start back up to what /info (or the default) says
+            member.threshold = member.stats.limit  # slow start back up to what the server (or the default) says
             member.stats.limit = min(float(member.default_limit), member.stats.ceiling)
             break
         member.consecutive_failures = 0

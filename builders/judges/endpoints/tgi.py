@@ -27,7 +27,7 @@ from builders.judges.endpoints.chat import render_chat_prompt
 from builders.judges.endpoints.http import HttpClient
 from builders.judges.endpoints.shared_read import LIMIT_RETRY_S, SharedRead
 from builders.judges.endpoints.spans import batched_tokenizer_spans
-from builders.judges.endpoints.spec import EndpointSpec, input_limit_from
+from builders.judges.endpoints.spec import DIRECT_CONCURRENCY, EndpointSpec, input_limit_from
 
 NO_PREFILL_MESSAGE = (
     "TGI returned an empty `prefill`: the server lacks --enable-prefill-logprobs (off by default since TGI 3.0), "
@@ -62,7 +62,7 @@ class TGIBackend(Backend):
         if spec.transport not in ("aiohttp", "huggingface_hub"):
             raise ValueError(f"tgi transport {spec.transport!r} is not 'aiohttp' or 'huggingface_hub'")
         self.spec = spec
-        self.concurrency = spec.concurrency
+        self.concurrency = spec.concurrency or DIRECT_CONCURRENCY  # used without a fleet only
         self.url = spec.url.rstrip("/")
         self.model_id = spec.model_id
         self.tokenizer = tokenizer

@@ -22,7 +22,7 @@ def request(i: int = 0) -> GenerateRequest:
 
 def fleet_of(urls, kinds=None, **config) -> Fleet:
     kinds = kinds or ["tgi"] * len(urls)
-    specs = [EndpointSpec(kind=kind, url=url, model="judge", timeout_s=5.0, concurrency=config.pop("spec_limit", 8))
+    specs = [EndpointSpec(kind=kind, url=url, model="judge", timeout_s=5.0, concurrency=config.pop("spec_limit", None))
              for kind, url in zip(kinds, urls)]
     return Fleet.from_specs(specs, FleetConfig(**{"probe_first_s": 0.05, "probe_max_s": 0.2, **config}))
 
@@ -99,7 +99,7 @@ def test_limits_start_from_info_and_traffic_follows_capacity():
     with Simulator(SimulatorConfig(slots=12, service_s=0.03), SimulatorConfig(slots=3, service_s=0.03),
                    SimulatorConfig(slots=5, service_s=0.03, advertise_info=False)) as sim:
         async def run():
-            fleet = fleet_of(sim.urls, ["tgi", "tgi", "openai"], spec_limit=5)
+            fleet = fleet_of(sim.urls, ["tgi", "tgi", "openai"], default_limit=5)
             answers = await call_many(fleet, 200)
             await fleet.aclose()
             return fleet.stats(), answers
@@ -111,7 +111,8 @@ def test_limits_start_from_info_and_traffic_follows_capacity():
     assert [s.ceiling for s in stats[:2]] == [12.0, 3.0]
     assert [s.overloaded for s in servers[:2]] == [0, 0]  # /info's limit is never exceeded
     assert [s.max_in_flight for s in stats[:2]] == [12, 3]
-    assert stats[2].max_in_flight >= 5  # without /info: from spec.concurrency, probing upwards (AIMD)
+    assert stats[2].max_in_flight >= 5  # stating no limit: from default_limit, probing upwards (slow start)
+    assert [s.limit_source for s in stats] == ["tgi /info max_concurrent_requests"] * 2 + ["none stated: slow start from default_limit"]
     share = [s.succeeded / 200 for s in stats]  # capacity shares: 0.6, 0.15, 0.25
     assert share[0] == pytest.approx(0.6, abs=0.15) and share[1] == pytest.approx(0.15, abs=0.1)
     assert {answer.meta["endpoint"] for answer in answers} == {s.name for s in stats}
