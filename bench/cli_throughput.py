@@ -122,14 +122,18 @@ def run_cli(scenario, rows: int, chunk_rows: int | None, workdir: Path, source: 
         if alive < wall:
             capacity = (scenario.capacity * wall - scenario.servers[0].capacity * (wall - alive)) / wall
     cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    firsts = [s.first_at for s in stats if s.first_at is not None]
+    lasts = [s.last_at for s in stats if s.last_at is not None]
     return {
         "scenario": scenario.name, "path": "cli", "chunk_rows": chunk_rows, "rows": rows,
         "stage_wall_s": wall, "process_wall_s": elapsed, "capacity": capacity,
         "share": answered / (wall * capacity) if wall else 0.0,
         "requests": stage["requests"], "retries": stage["retries"], "lost": stage["lost"],
         "prompt_tokens": stage["prompt_tokens"],
+        "server_span_s": max(lasts) - min(firsts) if firsts and lasts else None,  # first request to last answer
         "server_429": sum(s.overloaded for s in stats), "server_503": sum(s.injected for s in stats),
         "cpu_ms_per_request": cpu_s * 1000 / max(1, stage["requests"]),
+        "ledger_rows": [r for r in ledger["rows"] if r["stage"] == STAGE],
         "fleet": [{k: e[k] for k in ("name", "info_limit", "limit", "max_in_flight", "succeeded", "overloaded", "failed", "moved", "deaths")}
                   for e in report.get("fleets", {}).get("stage1", [])],
     }
@@ -195,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(r)
                 print(f"  cli    chunk_rows={size}: stage {r['stage_wall_s']:.2f} s, share {r['share']:.3f}, lost {r['lost']}, "
                       f"{r['requests']} requests, {r['retries']} retries, {r['server_429']} 429s, "
-                      f"{r['cpu_ms_per_request']:.2f} CPU ms/request (process {r['process_wall_s']:.1f} s); "
+                      f"{r['cpu_ms_per_request']:.2f} CPU ms/request (process {r['process_wall_s']:.1f} s, servers busy "
+                      f"{r['server_span_s']:.2f} s from first request to last answer); "
                       f"load {os.getloadavg()[0]:.2f}", flush=True)
                 for e in r["fleet"]:
                     print(f"         {e}", flush=True)

@@ -35,6 +35,7 @@ from builders.output.writers import has_scores, judgments_table, tevatron_schema
 from builders.rows import QueryRow
 
 BATCH_ROWS = 1_000  # rows per parquet write while streaming a spool into the final shards
+SPOOL_SLICE_ROWS = 100  # rows converted to Arrow at a time while spooling a chunk
 
 
 def chunks(rows: Iterable[QueryRow], size: int | None) -> Iterator[list[QueryRow]]:
@@ -70,7 +71,10 @@ class ConfigSpool:
 
     def _writer(self, name: str, schema: pa.Schema) -> pq.ParquetWriter:
         if name not in self.writers:
-            self.writers[name] = pq.ParquetWriter(self.tmp / f"{name}.parquet", schema)
+            # scratch files read once by ``finish``: no compression, dictionaries or statistics (CPU the
+            # next chunk's judge calls need, while this chunk is spooled)
+            self.writers[name] = pq.ParquetWriter(self.tmp / f"{name}.parquet", schema, compression="none",
+                                                  use_dictionary=False, write_statistics=False)
         return self.writers[name]
 
     def add(self, configs: dict[str, list[QueryRow]], judgments: list[dict]) -> None:
@@ -81,7 +85,11 @@ class ConfigSpool:
                 continue
             self.scored[name] = self.scored.get(name, True) and has_scores(rows)
             self.any_prompt |= any(r.prompt is not None for r in rows)
-            self._writer(name, self.FULL).write_table(tevatron_table(rows, with_scores=True, with_prompt=True))
+            # in slices: pyarrow holds the GIL while it converts Python rows, and the event loop
+            # (the next chunk's judge calls) needs it back every few milliseconds
+            for start in range(0, len(rows), SPOOL_SLICE_ROWS):
+                table = tevatron_table(rows[start:start + SPOOL_SLICE_ROWS], with_scores=True, with_prompt=True)
+                self._writer(name, self.FULL).write_table(table)
             self.rows[name] += len(rows)
             if self.bge_jsonl:
                 path = self.tmp / "bge" / f"{name}.jsonl"

@@ -66,6 +66,8 @@ class RetryPolicy:
 
 FLEET_RETRY = RetryPolicy(base_delay_s=0.1, max_delay_s=5.0)  # see the module docstring
 
+Request = GenerateRequest | Callable[[], GenerateRequest]  # an item's request, or what makes it when it is sent
+
 
 class StageClocks:
     """Wall time per stage as the union of its runs' intervals: runs of one stage that overlap
@@ -238,7 +240,7 @@ class Annotator:
         return self.backend.model_id
 
     # ------------------------------------------------------------------ entry points
-    def run_sync(self, items: Iterable[tuple[str, GenerateRequest]]) -> AnnotationResult:
+    def run_sync(self, items: Iterable[tuple[str, Request]]) -> AnnotationResult:
         """``run`` for callers that are not async (raises inside a running event loop: await ``run``)."""
         try:
             asyncio.get_running_loop()
@@ -246,11 +248,15 @@ class Annotator:
             return asyncio.run(self.run(items))
         raise RuntimeError("Annotator.run_sync was called inside a running event loop; use `await annotator.run(items)`")
 
-    async def run(self, items: Iterable[tuple[str, GenerateRequest]]) -> AnnotationResult:
+    async def run(self, items: Iterable[tuple[str, Request]]) -> AnnotationResult:
+        """``items``: ``(key, request)``, the request a ``GenerateRequest`` or a zero-argument
+        callable that makes one: it is called when a worker takes the item (or, for a key the
+        store holds, to compare hashes), so a long prompt is rendered just before it is sent
+        and not all up front."""
         with stage_clock(self.stage):
             return await self._run(items)
 
-    async def _run(self, items: Iterable[tuple[str, GenerateRequest]]) -> AnnotationResult:
+    async def _run(self, items: Iterable[tuple[str, Request]]) -> AnnotationResult:
         started = time.monotonic()
         items = list(items)
         keys = [key for key, _ in items]
@@ -261,12 +267,14 @@ class Annotator:
         outcomes: dict[str, Outcome] = {}
         # a fleet reads its endpoints' limits while the requests are hashed below
         warming = asyncio.ensure_future(self.backend.start())
-        # one read of this stage's stored judgments instead of a query per key (a quick start);
+        # one read of the stored judgments of this run's keys instead of a query per key (a quick start);
         # only keys the store holds need their hash before the first call goes out
-        stored_by_key = {j.key: j for j in self.store.judgments(self.stage, self.judge_model, self.prompt_version)}
+        stored_by_key = self.store.get_many(self.stage, self.judge_model, self.prompt_version, keys)
         todo: list[tuple[str, GenerateRequest, str | None]] = []
         for key, request in items:
             stored = stored_by_key.get(key)
+            if stored is not None and not isinstance(request, GenerateRequest):
+                request = request()
             sha = request_sha(request) if stored is not None else None
             if stored is not None and stored.is_final and stored.request_sha == sha:
                 outcomes[key] = Outcome(key, stored.status, stored.text, stored, cached=True)
@@ -303,6 +311,8 @@ class Annotator:
             for key, request, sha in pending:
                 if broken:
                     return
+                if not isinstance(request, GenerateRequest):
+                    request = request()
                 judgment = await self._judge(key, request, sha or request_sha(request), ledger)
                 done = writer.submit(judgment)
                 writing.add(done)
@@ -316,9 +326,12 @@ class Annotator:
                         # Bounded: ``concurrency`` workers, not a task per item, so a stage of 680K
                         # items costs the memory of its in-flight calls, and the first call goes out
                         # before the rest of the list is hashed.
-                        workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(todo)))]
+                        await warming  # a fleet's limits are known now: it says how many calls to keep waiting
+                        concurrency = self.concurrency
+                        if isinstance(self.backend, Fleet):
+                            concurrency = min(concurrency, self.backend.concurrency)
+                        workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(todo)))]
                         await asyncio.gather(*workers)
-                        await warming
                     finally:
                         for task in workers:
                             task.cancel()

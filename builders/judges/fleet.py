@@ -18,7 +18,9 @@ serve the same judge; every remote judge of a recipe is one, a single endpoint t
   ``decrease``. One cut per round trip: calls sent before the last cut do not cut again.
 
 Each call goes to the least-loaded healthy endpoint (in-flight / limit) with a free slot, or
-waits, first come first served, for one. A call that meets a 429 is re-sent (the cut limit
+waits for one: by ``CALL_PRIORITY`` (a streamed build gives each chunk its number, so the next
+chunk's calls fill only the slots the current chunk's tail leaves free), then first come first
+served. A call that meets a 429 is re-sent (the cut limit
 decides where; an endpoint full of other clients' calls counts as tried). One that meets a
 5xx, a timeout, a dropped connection or a protocol error is moved to an endpoint it has not
 tried, or back to one it has once that endpoint has answered another call since (proof of
@@ -39,11 +41,11 @@ rejoins it (with a fresh ``/info`` limit, in slow start). Endpoints without a UR
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import math
 import random
 import time
-from collections import deque
 
 import aiohttp
 
@@ -51,6 +53,7 @@ from builders.judges.endpoints import make_backend
 from builders.judges.endpoints.base import Backend, EndpointError, GenerateRequest, Generation, Scored, ScoreRequest
 from builders.judges.endpoints.spec import EndpointSpec
 from builders.judges.fleet_members import (  # noqa: F401 - re-exported: callers import them from here
+    CALL_PRIORITY,
     CALL_STAGE,
     STAGE_COUNTS,
     EndpointStats,
@@ -70,15 +73,23 @@ class Fleet(Backend):
             raise ValueError("a fleet needs at least one endpoint")
         self.config = config or FleetConfig()
         self.members = [FleetMember(i, e, self.config) for i, e in enumerate(endpoints)]
-        self.concurrency = self.config.concurrency
         self.model_id = model_id or endpoints[0].backend.model_id
         self.supports_constraint = frozenset.intersection(*(frozenset(e.backend.supports_constraint) for e in endpoints))
-        self._waiters: deque[QueuedCall] = deque()
+        self._waiters: list[tuple[int, int, QueuedCall]] = []  # a heap: (priority, arrival, call)
         self._started: asyncio.Task | None = None
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self._random = random.Random(0)
         self._tickets = itertools.count()
+
+    @property
+    def concurrency(self) -> int:
+        """Calls a caller should keep in flight: enough for every slot to have one waiting behind
+        it (twice the members' ceilings, once ``start`` has read them), at most
+        ``FleetConfig.concurrency``. Fewer waiting calls are fewer prompts rendered ahead of a slot."""
+        if self._started is None or not self._started.done():
+            return self.config.concurrency
+        return max(1, min(self.config.concurrency, int(2 * sum(m.stats.ceiling for m in self.members))))
 
     @property
     def kind(self) -> str:
@@ -252,7 +263,7 @@ class Fleet(Backend):
         if not any(self._may_serve(m, tried) for m in self.members):
             raise self._no_endpoint_error(last_error)
         waiter = QueuedCall(asyncio.get_running_loop().create_future(), tried, last_error)
-        self._waiters.append(waiter)
+        heapq.heappush(self._waiters, (CALL_PRIORITY.get(), next(self._tickets), waiter))
         try:
             return await waiter.future
         except asyncio.CancelledError:
@@ -283,30 +294,37 @@ class Fleet(Backend):
         self._dispatch()
 
     def _dispatch(self) -> None:
-        """Hand free slots to waiters in arrival order (a waiter skips endpoints it tried)."""
-        skipped: list[QueuedCall] = []
+        """Hand free slots to waiters by priority (``CALL_PRIORITY``: an earlier chunk's calls
+        first), then in arrival order; a waiter skips endpoints it tried."""
+        skipped: list[tuple[int, int, QueuedCall]] = []
         while self._waiters and any(m.stats.healthy and m.free > 0 for m in self.members):
-            waiter = self._waiters.popleft()
+            entry = heapq.heappop(self._waiters)
+            waiter = entry[2]
             if waiter.future.done():
                 continue
             member = self._pick(waiter.tried)
             if member is None:
-                skipped.append(waiter)
+                skipped.append(entry)
                 continue
             self._take(member)
             waiter.future.set_result(member)
-        self._waiters.extendleft(reversed(skipped))
+        for entry in skipped:
+            heapq.heappush(self._waiters, entry)
 
     def _fail_waiters(self) -> None:
         """Waiters left with no healthy endpoint they have not tried get the error now."""
-        kept: deque[QueuedCall] = deque()
-        for waiter in self._waiters:
+        if not self._closed and any(m.stats.healthy and m.stats.in_flight > 0 for m in self.members):
+            return  # a call in flight on a healthy endpoint may prove it alive: every waiter may be served
+        kept: list[tuple[int, int, QueuedCall]] = []
+        for entry in self._waiters:
+            waiter = entry[2]
             if waiter.future.done():
                 continue
             if self._closed or not any(self._may_serve(m, waiter.tried) for m in self.members):
                 waiter.future.set_exception(self._no_endpoint_error(waiter.last_error))
             else:
-                kept.append(waiter)
+                kept.append(entry)
+        heapq.heapify(kept)
         self._waiters = kept
 
     def _no_endpoint_error(self, last_error: EndpointError | None) -> EndpointError:

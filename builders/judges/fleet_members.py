@@ -18,6 +18,8 @@ from builders.judges.endpoints.base import Backend, EndpointError
 # each attempt under it, so stages sharing a fleet (or overlapping chunks of one stage) are
 # accounted apart.
 CALL_STAGE: contextvars.ContextVar[str | None] = contextvars.ContextVar("CALL_STAGE", default=None)
+# Waiting calls with a lower number get slots first (a streamed build: the chunk's number).
+CALL_PRIORITY: contextvars.ContextVar[int] = contextvars.ContextVar("CALL_PRIORITY", default=0)
 STAGE_COUNTS = ("attempts", "succeeded", "overloaded", "failed", "moved", "prompt_tokens", "completion_tokens")
 
 
