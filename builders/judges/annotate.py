@@ -159,6 +159,7 @@ class Ledger:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     wall_s: float = 0.0
+    prompt_token_sources: Counter = field(default_factory=Counter)  # where answers' prompt counts came from -> answers
 
     def as_dict(self) -> dict:
         return {
@@ -166,7 +167,7 @@ class Ledger:
             "unparseable": self.unparseable, "failed": self.failed, "parse_retries": self.parse_retries,
             "retries": dict(self.retries), "failures": dict(self.failures),
             "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-            "wall_s": round(self.wall_s, 3),
+            "wall_s": round(self.wall_s, 3), "prompt_token_sources": dict(self.prompt_token_sources),
         }
 
     def add(self, other: "Ledger") -> None:
@@ -177,6 +178,7 @@ class Ledger:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.retries.update(other.retries)
         self.failures.update(other.failures)
+        self.prompt_token_sources.update(other.prompt_token_sources)
 
     def summary(self) -> str:
         retries = ", ".join(f"{k} {v}" for k, v in sorted(self.retries.items())) or "none"
@@ -292,7 +294,9 @@ class Annotator:
             writing.discard(done)
             if done.cancelled() or done.exception() is not None:
                 broken.append(done.exception() if not done.cancelled() else asyncio.CancelledError())
+                self._stop_asking(key, None)
                 return
+            self._stop_asking(key, judgment)
             outcomes[key] = Outcome(key, judgment.status, judgment.text, judgment, cached=False)
             committed.failed += judgment.status == "failed"
             committed.unparseable += judgment.status == "unparseable"
@@ -313,7 +317,21 @@ class Annotator:
                     return
                 if not isinstance(request, GenerateRequest):
                     request = request()
-                judgment = await self._judge(key, request, sha or request_sha(request), ledger)
+                sha = sha or request_sha(request)
+                elsewhere = self.store.asking.get(self._ident(key))
+                if elsewhere is not None:  # an overlapping run asks the same question: wait for its answer
+                    answer = await asyncio.shield(elsewhere)
+                    if answer is not None and answer.is_final and answer.request_sha == sha:
+                        outcomes[key] = Outcome(key, answer.status, answer.text, answer, cached=True)
+                        ledger.cached += 1
+                        bar.update(1)
+                        continue
+                self.store.asking[self._ident(key)] = asyncio.get_running_loop().create_future()
+                try:
+                    judgment = await self._judge(key, request, sha, ledger)
+                except BaseException:
+                    self._stop_asking(key, None)
+                    raise
                 done = writer.submit(judgment)
                 writing.add(done)
                 done.add_done_callback(partial(on_commit, key, judgment))
@@ -347,6 +365,15 @@ class Annotator:
             ledger.wall_s = time.monotonic() - started
         ordered = {key: outcomes[key] for key, _ in items}
         return AnnotationResult(ordered, ledger)
+
+    def _ident(self, key: str) -> tuple[str, str, str, str]:
+        return (self.stage, self.judge_model, self.prompt_version, key)
+
+    def _stop_asking(self, key: str, judgment: Judgment | None) -> None:
+        """Hand ``judgment`` (None: none was committed) to overlapping runs waiting for ``key``."""
+        future = self.store.asking.pop(self._ident(key), None)
+        if future is not None and not future.done():
+            future.set_result(judgment)
 
     # ------------------------------------------------------------------ one key
     async def _judge(self, key: str, request: GenerateRequest, sha: str, ledger: Ledger) -> Judgment:
@@ -412,6 +439,9 @@ async def call_with_retries(call, retry: RetryPolicy, rng: random.Random, ledger
         else:
             ledger.prompt_tokens += answer.prompt_tokens or 0
             ledger.completion_tokens += answer.completion_tokens or 0
+            source = answer.meta.get("prompt_tokens_source")
+            if source is not None:
+                ledger.prompt_token_sources[source] += 1
             return answer
         if not error.retryable or attempt == retry.max_attempts:
             raise error

@@ -179,6 +179,10 @@ class JudgmentStore:
             self._conn = _connect_writer(self.path, synchronous)
             self._conn.executescript(SCHEMA)
         self._conn.execute("PRAGMA busy_timeout=30000")
+        # (stage, judge, prompt version, key) -> the judgment being asked in this process right now
+        # (resolved with it once committed, None when the ask stopped): runs that overlap - the next
+        # chunk's, in a streamed build - wait for it instead of paying for the same answer twice
+        self.asking: dict[tuple[str, str, str, str], asyncio.Future] = {}
 
     # ------------------------------------------------------------------ writing
     def put(self, judgment: Judgment) -> None:
