@@ -142,7 +142,7 @@ async def _judge_chunks(recipe: Recipe, rows, spool: ConfigSpool, progress: bool
         subsets.update(r.subset for r in chunk)
 
     source = chunks(rows, chunk_rows(recipe))
-    running: deque[tuple[list[QueryRow], asyncio.Task]] = deque()
+    running: deque[tuple[list[QueryRow], asyncio.Task]] = deque()  # chunks being judged, oldest first
     try:
         with JudgmentStore(store_path(recipe)) as store:
             async def judge(chunk: list[QueryRow], number: int) -> MethodsRun:
@@ -150,27 +150,29 @@ async def _judge_chunks(recipe: Recipe, rows, spool: ConfigSpool, progress: bool
                 return await run_methods(recipe, chunk, store, progress=progress, judges=judges)
 
             number, exhausted = 0, False
-            while True:
-                while not exhausted and len(running) <= LOOKAHEAD_CHUNKS:
-                    chunk = await asyncio.to_thread(next, source, None)  # read + validate off the event loop
-                    if chunk is None:
-                        exhausted = True
+            try:
+                while True:
+                    while not exhausted and len(running) <= LOOKAHEAD_CHUNKS:
+                        chunk = await asyncio.to_thread(next, source, None)  # read + validate off the event loop
+                        if chunk is None:
+                            exhausted = True
+                            break
+                        running.append((chunk, asyncio.create_task(judge(chunk, number))))
+                        number += 1
+                    if not running:
                         break
-                    running.append((chunk, asyncio.create_task(judge(chunk, number))))
-                    number += 1
-                if not running:
-                    break
-                chunk, task = running.popleft()
-                await asyncio.to_thread(finish_chunk, chunk, await task)
+                    chunk, task = running.popleft()
+                    await asyncio.to_thread(finish_chunk, chunk, await task)
+            finally:  # a chunk failed (or the build was stopped): the look-ahead stops, before the store closes
+                for _, task in running:
+                    task.cancel()
+                await asyncio.gather(*(task for _, task in running), return_exceptions=True)
         add_fleet_rows(total.ledger, judges, before, dict(clocks.wall_s))
         total.fleets = {name: [asdict(x) for x in b.stats()] for name, b in judges.items() if isinstance(b, Fleet)}
         for row in total.ledger.rows.values():
             if row.stage in clocks.wall_s:
                 row.wall_s = round(clocks.wall_s[row.stage], 3)
     finally:
-        for _, task in running:  # a chunk failed (or the build was stopped): the look-ahead stops too
-            task.cancel()
-        await asyncio.gather(*(task for _, task in running), return_exceptions=True)
         if backends is None:
             for b in {id(b): b for b in judges.values()}.values():
                 await b.aclose()

@@ -1,5 +1,6 @@
-"""Flat memory: the build works through the source in chunks of ``output.chunk_rows`` rows and
-keeps no more than one chunk in memory.
+"""Bounded memory: the build works through the source in chunks of ``output.chunk_rows`` rows and
+keeps no more than two chunks in memory (the one being finished, and the next one, whose judge
+calls already go out: ``builders.build._judge_chunks``).
 
 - ``chunks(rows, n)`` cuts the validated row stream (a generator over the source) into lists;
 - ``ConfigSpool`` receives each chunk's refined configs and judgments and appends them to
@@ -13,8 +14,8 @@ keeps no more than one chunk in memory.
 
 Rows keep their source order in every config. The ``judgments`` config is ordered chunk by
 chunk (within a chunk: stage, subset, query_id, window). An exact duplicate row in a later
-chunk is answered from the judgment store (not paid twice) but counted again in that chunk's
-call counters.
+chunk is answered from the judgment store, or from the overlapping chunk's call it waits for (not
+paid twice), but counted again in that chunk's call counters.
 """
 
 from __future__ import annotations

@@ -115,7 +115,10 @@ class Fleet(Backend):
     async def input_limit(self, max_new_tokens: int) -> int | None:
         """The smallest input limit among the members that state one: a prompt must fit every
         endpoint it may be moved to. None when no member states one."""
-        limits = await asyncio.gather(*(m.backend.input_limit(max_new_tokens) for m in self.members))
+        if self._started is None:  # the first call reads every member's limit at once
+            limits = await asyncio.gather(*(m.backend.input_limit(max_new_tokens) for m in self.members))
+        else:  # then each member answers from its cache: no task per member per prompt
+            limits = [await m.backend.input_limit(max_new_tokens) for m in self.members]
         known = [x for x in limits if x is not None]
         return min(known) if known else None
 
