@@ -141,7 +141,7 @@ async def kill_later(simulator: SimulatorProcess, delay_s: float, started: float
 # --- the three clients ------------------------------------------------------------------------
 async def run_builder(scenario: Scenario, urls: list[str], n: int, simulator, kill_delay, args, hub: bool = False) -> Result:
     """Fleet + Annotator + durable store. ``hub``: TGI endpoints through ``huggingface_hub``."""
-    specs = [EndpointSpec(kind=kind, url=url, model="simulated-judge", timeout_s=10.0, concurrency=8,
+    specs = [EndpointSpec(kind=kind, url=url, model="simulated-judge", timeout_s=10.0,
                           transport="huggingface_hub" if hub and kind == "tgi" else "aiohttp")
              for kind, url in zip(scenario.kinds, urls)]
     fleet = Fleet.from_specs(specs, FleetConfig())

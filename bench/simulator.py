@@ -14,7 +14,8 @@ makes it a 404 like an OpenAI-compatible server), ``GET /health``, ``GET /v1/mod
 deterministic: ``count_text_tokens`` (one token per word or punctuation mark) of the prompt, plus
 ``CHAT_TOKENS_PER_MESSAGE`` per chat message; the answer is ``completion_tokens`` tokens long
 (a fixed number or a seeded uniform draw from a ``(low, high)`` range), capped by the request's
-``max_new_tokens`` / ``max_tokens``.
+``max_new_tokens`` / ``max_tokens``; its text is ``answer`` when set (an RLHN verdict, so that a
+whole build can run against the simulator), else "ok" repeated.
 
 ``Simulator`` runs the servers in a background thread (tests); ``SimulatorProcess`` (``bench/simulator_process.py``) runs them in
 a child process so that a benchmark measures only the client's CPU. Both stop themselves after
@@ -64,6 +65,7 @@ class SimulatorConfig:
     kill_after_s: float | None = None  # pull the kill switch this long after start
     kill_mode: Literal["close", "hang"] = "close"
     max_input_tokens: int = 1_000_000
+    answer: str | None = None  # the answer's text (None: "ok" x its completion tokens); e.g. an RLHN verdict
 
     @property
     def capacity(self) -> float:
@@ -196,7 +198,7 @@ class _Endpoint:
             return outcome
         completion, queue_s, inference_s = outcome
         return web.json_response(
-            {"generated_text": _answer_text(completion),
+            {"generated_text": self._answer_text(completion),
              "details": {"finish_reason": "eos_token", "generated_tokens": completion, "seed": None, "prefill": [], "tokens": []}},
             headers=_timing_headers(prompt_tokens, completion, queue_s, inference_s))
 
@@ -221,7 +223,7 @@ class _Endpoint:
         return web.json_response({
             "id": f"sim-{self.stats.served}", "object": "chat.completion", "created": int(time.time()),
             "model": self.config.model_id,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": _answer_text(completion)},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": self._answer_text(completion)},
                          "finish_reason": "stop", "logprobs": None}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                       "total_tokens": prompt_tokens + completion},
@@ -284,6 +286,9 @@ class _Endpoint:
         if isinstance(completion, tuple):
             completion = self.random.randint(*completion)
         return min(completion, max_new_tokens), queue_s, config.service_s
+
+    def _answer_text(self, tokens: int) -> str:
+        return self.config.answer if self.config.answer is not None else _answer_text(tokens)
 
     def _free_slot(self) -> None:
         while self.waiting:

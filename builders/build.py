@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict
 from pathlib import Path
 
 from builders.judges.endpoints.base import Backend
+from builders.judges.fleet import Fleet
 from builders.judges.ledger import CostLedger, StagePlan, load_prices
 from builders.methods.base import never_edits
-from builders.methods.run import MethodsRun, failures_of, make_judges, run_methods, stored_ledger
+from builders.methods.run import MethodsRun, add_fleet_rows, failures_of, fleet_counts, make_judges, run_methods, stored_ledger
 from builders.output.dataset_info import describe_configs
 from builders.output.writers import configs_yaml_entries
 from builders.recipe import Recipe, judge_plan, recipe_to_dict, selected
@@ -96,34 +97,81 @@ def dry_run(recipe: Recipe, progress: bool = True, out=None) -> dict:
     return result
 
 
+LOOKAHEAD_CHUNKS = 1  # chunks judged ahead of the one being finished and written
+
+
 async def _judge_chunks(recipe: Recipe, rows, spool: ConfigSpool, progress: bool, backends: dict[str, Backend] | None = None):
     """Every method the recipe names over the row stream, a chunk at a time (``chunk_rows``),
     with the judges built once: configs and judgments go to the spool, counts and ledgers are
-    summed chunk by chunk."""
+    summed chunk by chunk.
+
+    Look-ahead: while chunk n is judged, refined and written, chunk n+1 is read (on a worker
+    thread) and its calls already go out, ``LOOKAHEAD_CHUNKS`` ahead at most (memory: two
+    chunks instead of one). Each chunk's calls carry its number as their ``CALL_PRIORITY``: a
+    fleet hands its slots to chunk n first, so chunk n+1 fills only what chunk n's tail leaves
+    free and the endpoints never idle between chunks. Chunks are written in source order (a
+    worker thread writes chunk n while chunk n+1's answers come in); every answer is committed
+    to the store as it arrives, so a killed build resumes from the store as before: no call is
+    paid twice."""
+    from builders.judges.annotate import STAGE_CLOCKS, StageClocks
+    from builders.judges.fleet import CALL_PRIORITY
     from builders.judges.store import JudgmentStore
 
     judges = backends or make_judges(judge_plan(recipe), recipe.fleet)
+    clocks = StageClocks()
+    STAGE_CLOCKS.set(clocks)  # this task's context: the stages' wall times, overlapping runs counted once
+    before = fleet_counts(judges)
     method_of = {m.NAME: m for m, _ in selected(recipe)}
     accumulators: dict[str, ResultAccumulator] = {}
     total = MethodsRun(ledger=CostLedger(prices=load_prices(recipe.prices)))
     stored = CostLedger(prices=load_prices(recipe.prices))
     subsets: set[str] = set()
+
+    def finish_chunk(chunk: list[QueryRow], run: MethodsRun) -> None:
+        """Spool chunk n's configs and judgments, sum its counts (a worker thread runs it)."""
+        if not any("default" in r.configs for r in run.results):
+            spool.add({"default": chunk}, [])  # always: the agreement command compares against it
+        for r in run.results:
+            spool.add(r.configs, [])
+            method = method_of[r.name]
+            spool.add_table(method.JUDGMENTS, method.judgments_table(r.judgments))
+            accumulators.setdefault(r.name, ResultAccumulator(r.name)).add(r, judged_any=bool(r.judgments))
+        add_ledger(stored, stored_ledger(run.results, recipe.prices))
+        add_ledger(total.ledger, run.ledger)
+        add_judge_runs(total.judge_runs, run.judge_runs)
+        subsets.update(r.subset for r in chunk)
+
+    source = chunks(rows, chunk_rows(recipe))
+    running: deque[tuple[list[QueryRow], asyncio.Task]] = deque()  # chunks being judged, oldest first
     try:
         with JudgmentStore(store_path(recipe)) as store:
-            for chunk in chunks(rows, chunk_rows(recipe)):
-                run = await run_methods(recipe, chunk, store, progress=progress, judges=judges)
-                if not any("default" in r.configs for r in run.results):
-                    spool.add({"default": chunk}, [])  # always: the agreement command compares against it
-                for r in run.results:
-                    spool.add(r.configs, [])
-                    method = method_of[r.name]
-                    spool.add_table(method.JUDGMENTS, method.judgments_table(r.judgments))
-                    accumulators.setdefault(r.name, ResultAccumulator(r.name)).add(r, judged_any=bool(r.judgments))
-                add_ledger(stored, stored_ledger(run.results, recipe.prices))
-                add_ledger(total.ledger, run.ledger)
-                add_judge_runs(total.judge_runs, run.judge_runs)
-                total.fleets = run.fleets  # the fleets' stats are cumulative over the build
-                subsets.update(r.subset for r in chunk)
+            async def judge(chunk: list[QueryRow], number: int) -> MethodsRun:
+                CALL_PRIORITY.set(number)  # this task's calls: chunk n before chunk n+1
+                return await run_methods(recipe, chunk, store, progress=progress, judges=judges)
+
+            number, exhausted = 0, False
+            try:
+                while True:
+                    while not exhausted and len(running) <= LOOKAHEAD_CHUNKS:
+                        chunk = await asyncio.to_thread(next, source, None)  # read + validate off the event loop
+                        if chunk is None:
+                            exhausted = True
+                            break
+                        running.append((chunk, asyncio.create_task(judge(chunk, number))))
+                        number += 1
+                    if not running:
+                        break
+                    chunk, task = running.popleft()
+                    await asyncio.to_thread(finish_chunk, chunk, await task)
+            finally:  # a chunk failed (or the build was stopped): the look-ahead stops, before the store closes
+                for _, task in running:
+                    task.cancel()
+                await asyncio.gather(*(task for _, task in running), return_exceptions=True)
+        add_fleet_rows(total.ledger, judges, before, dict(clocks.wall_s))
+        total.fleets = {name: [asdict(x) for x in b.stats()] for name, b in judges.items() if isinstance(b, Fleet)}
+        for row in total.ledger.rows.values():
+            if row.stage in clocks.wall_s:
+                row.wall_s = round(clocks.wall_s[row.stage], 3)
     finally:
         if backends is None:
             for b in {id(b): b for b in judges.values()}.values():

@@ -1,5 +1,6 @@
-"""Flat memory: the build works through the source in chunks of ``output.chunk_rows`` rows and
-keeps no more than one chunk in memory.
+"""Bounded memory: the build works through the source in chunks of ``output.chunk_rows`` rows and
+keeps no more than two chunks in memory (the one being finished, and the next one, whose judge
+calls already go out: ``builders.build._judge_chunks``).
 
 - ``chunks(rows, n)`` cuts the validated row stream (a generator over the source) into lists;
 - ``ConfigSpool`` receives each chunk's refined configs and judgments and appends them to
@@ -13,8 +14,8 @@ keeps no more than one chunk in memory.
 
 Rows keep their source order in every config. The ``judgments`` config is ordered chunk by
 chunk (within a chunk: stage, subset, query_id, window). An exact duplicate row in a later
-chunk is answered from the judgment store (not paid twice) but counted again in that chunk's
-call counters.
+chunk is answered from the judgment store, or from the overlapping chunk's call it waits for (not
+paid twice), but counted again in that chunk's call counters.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from builders.output.writers import has_scores, judgments_table, tevatron_schema
 from builders.rows import QueryRow
 
 BATCH_ROWS = 1_000  # rows per parquet write while streaming a spool into the final shards
+SPOOL_SLICE_ROWS = 100  # rows converted to Arrow at a time while spooling a chunk
 
 
 def chunks(rows: Iterable[QueryRow], size: int | None) -> Iterator[list[QueryRow]]:
@@ -70,7 +72,10 @@ class ConfigSpool:
 
     def _writer(self, name: str, schema: pa.Schema) -> pq.ParquetWriter:
         if name not in self.writers:
-            self.writers[name] = pq.ParquetWriter(self.tmp / f"{name}.parquet", schema)
+            # scratch files read once by ``finish``: no compression, dictionaries or statistics (CPU the
+            # next chunk's judge calls need, while this chunk is spooled)
+            self.writers[name] = pq.ParquetWriter(self.tmp / f"{name}.parquet", schema, compression="none",
+                                                  use_dictionary=False, write_statistics=False)
         return self.writers[name]
 
     def add(self, configs: dict[str, list[QueryRow]], judgments: list[dict]) -> None:
@@ -81,7 +86,11 @@ class ConfigSpool:
                 continue
             self.scored[name] = self.scored.get(name, True) and has_scores(rows)
             self.any_prompt |= any(r.prompt is not None for r in rows)
-            self._writer(name, self.FULL).write_table(tevatron_table(rows, with_scores=True, with_prompt=True))
+            # in slices: pyarrow holds the GIL while it converts Python rows, and the event loop
+            # (the next chunk's judge calls) needs it back every few milliseconds
+            for start in range(0, len(rows), SPOOL_SLICE_ROWS):
+                table = tevatron_table(rows[start:start + SPOOL_SLICE_ROWS], with_scores=True, with_prompt=True)
+                self._writer(name, self.FULL).write_table(table)
             self.rows[name] += len(rows)
             if self.bge_jsonl:
                 path = self.tmp / "bge" / f"{name}.jsonl"

@@ -189,6 +189,7 @@ def render_dataset_card(info: DatasetCardInfo) -> str:
         citations=[CITATIONS[c] for c in dict.fromkeys(info.citations)],
         comparison=comparison_rows(info.results),
         ledger_rows=ledger_rows(info.ledger),
+        tgi_judges=sorted({j.model for r in info.results for j in r.judges if "tgi" in j.backend.split("+")}),
         unpriced=info.ledger.unpriced() if info.ledger else [],
         changelog_start=CHANGELOG_START,
         changelog_end=CHANGELOG_END,

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import gc
 import random
 import time
@@ -44,7 +45,7 @@ from typing import Callable, Iterable
 from tqdm.auto import tqdm
 
 from builders.judges.endpoints.base import Backend, EndpointError, GenerateRequest, Generation
-from builders.judges.fleet import Fleet
+from builders.judges.fleet import CALL_STAGE, Fleet
 from builders.judges.ledger import Price
 from builders.judges.store import Judgment, JudgmentStore, Status, request_sha
 
@@ -64,6 +65,47 @@ class RetryPolicy:
 
 
 FLEET_RETRY = RetryPolicy(base_delay_s=0.1, max_delay_s=5.0)  # see the module docstring
+
+Request = GenerateRequest | Callable[[], GenerateRequest]  # an item's request, or what makes it when it is sent
+
+
+class StageClocks:
+    """Wall time per stage as the union of its runs' intervals: runs of one stage that overlap
+    (the next chunk's calls going out while this chunk finishes) count once. A build sets one
+    in ``STAGE_CLOCKS``; the annotator and ``builders.judges.scoring`` clock their runs into it."""
+
+    def __init__(self):
+        self._open: dict[str, tuple[int, float]] = {}  # stage -> (runs under way, since when)
+        self.wall_s: Counter = Counter()
+
+    def enter(self, stage: str) -> None:
+        runs, since = self._open.get(stage, (0, time.monotonic()))
+        self._open[stage] = (runs + 1, since)
+
+    def exit(self, stage: str) -> None:
+        runs, since = self._open[stage]
+        if runs > 1:
+            self._open[stage] = (runs - 1, since)
+            return
+        del self._open[stage]
+        self.wall_s[stage] += time.monotonic() - since
+
+    @contextlib.contextmanager
+    def clocking(self, stage: str):
+        self.enter(stage)
+        try:
+            yield
+        finally:
+            self.exit(stage)
+
+
+STAGE_CLOCKS: contextvars.ContextVar[StageClocks | None] = contextvars.ContextVar("STAGE_CLOCKS", default=None)
+
+
+def stage_clock(stage: str):
+    """The build's clock for ``stage`` as a context manager (a no-op outside a build)."""
+    clocks = STAGE_CLOCKS.get()
+    return clocks.clocking(stage) if clocks is not None else contextlib.nullcontext()
 
 
 _quiet_runs = 0  # annotator runs under way in this process with the collector quietened
@@ -117,6 +159,7 @@ class Ledger:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     wall_s: float = 0.0
+    prompt_token_sources: Counter = field(default_factory=Counter)  # where answers' prompt counts came from -> answers
 
     def as_dict(self) -> dict:
         return {
@@ -124,7 +167,7 @@ class Ledger:
             "unparseable": self.unparseable, "failed": self.failed, "parse_retries": self.parse_retries,
             "retries": dict(self.retries), "failures": dict(self.failures),
             "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-            "wall_s": round(self.wall_s, 3),
+            "wall_s": round(self.wall_s, 3), "prompt_token_sources": dict(self.prompt_token_sources),
         }
 
     def add(self, other: "Ledger") -> None:
@@ -135,6 +178,7 @@ class Ledger:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.retries.update(other.retries)
         self.failures.update(other.failures)
+        self.prompt_token_sources.update(other.prompt_token_sources)
 
     def summary(self) -> str:
         retries = ", ".join(f"{k} {v}" for k, v in sorted(self.retries.items())) or "none"
@@ -198,7 +242,7 @@ class Annotator:
         return self.backend.model_id
 
     # ------------------------------------------------------------------ entry points
-    def run_sync(self, items: Iterable[tuple[str, GenerateRequest]]) -> AnnotationResult:
+    def run_sync(self, items: Iterable[tuple[str, Request]]) -> AnnotationResult:
         """``run`` for callers that are not async (raises inside a running event loop: await ``run``)."""
         try:
             asyncio.get_running_loop()
@@ -206,7 +250,15 @@ class Annotator:
             return asyncio.run(self.run(items))
         raise RuntimeError("Annotator.run_sync was called inside a running event loop; use `await annotator.run(items)`")
 
-    async def run(self, items: Iterable[tuple[str, GenerateRequest]]) -> AnnotationResult:
+    async def run(self, items: Iterable[tuple[str, Request]]) -> AnnotationResult:
+        """``items``: ``(key, request)``, the request a ``GenerateRequest`` or a zero-argument
+        callable that makes one: it is called when a worker takes the item (or, for a key the
+        store holds, to compare hashes), so a long prompt is rendered just before it is sent
+        and not all up front."""
+        with stage_clock(self.stage):
+            return await self._run(items)
+
+    async def _run(self, items: Iterable[tuple[str, Request]]) -> AnnotationResult:
         started = time.monotonic()
         items = list(items)
         keys = [key for key, _ in items]
@@ -217,12 +269,14 @@ class Annotator:
         outcomes: dict[str, Outcome] = {}
         # a fleet reads its endpoints' limits while the requests are hashed below
         warming = asyncio.ensure_future(self.backend.start())
-        # one read of this stage's stored judgments instead of a query per key (a quick start);
+        # one read of the stored judgments of this run's keys instead of a query per key (a quick start);
         # only keys the store holds need their hash before the first call goes out
-        stored_by_key = {j.key: j for j in self.store.judgments(self.stage, self.judge_model, self.prompt_version)}
+        stored_by_key = self.store.get_many(self.stage, self.judge_model, self.prompt_version, keys)
         todo: list[tuple[str, GenerateRequest, str | None]] = []
         for key, request in items:
             stored = stored_by_key.get(key)
+            if stored is not None and not isinstance(request, GenerateRequest):
+                request = request()
             sha = request_sha(request) if stored is not None else None
             if stored is not None and stored.is_final and stored.request_sha == sha:
                 outcomes[key] = Outcome(key, stored.status, stored.text, stored, cached=True)
@@ -240,7 +294,9 @@ class Annotator:
             writing.discard(done)
             if done.cancelled() or done.exception() is not None:
                 broken.append(done.exception() if not done.cancelled() else asyncio.CancelledError())
+                self._stop_asking(key, None)
                 return
+            self._stop_asking(key, judgment)
             outcomes[key] = Outcome(key, judgment.status, judgment.text, judgment, cached=False)
             committed.failed += judgment.status == "failed"
             committed.unparseable += judgment.status == "unparseable"
@@ -259,7 +315,23 @@ class Annotator:
             for key, request, sha in pending:
                 if broken:
                     return
-                judgment = await self._judge(key, request, sha or request_sha(request), ledger)
+                if not isinstance(request, GenerateRequest):
+                    request = request()
+                sha = sha or request_sha(request)
+                elsewhere = self.store.asking.get(self._ident(key))
+                if elsewhere is not None:  # an overlapping run asks the same question: wait for its answer
+                    answer = await asyncio.shield(elsewhere)
+                    if answer is not None and answer.is_final and answer.request_sha == sha:
+                        outcomes[key] = Outcome(key, answer.status, answer.text, answer, cached=True)
+                        ledger.cached += 1
+                        bar.update(1)
+                        continue
+                self.store.asking[self._ident(key)] = asyncio.get_running_loop().create_future()
+                try:
+                    judgment = await self._judge(key, request, sha, ledger)
+                except BaseException:
+                    self._stop_asking(key, None)
+                    raise
                 done = writer.submit(judgment)
                 writing.add(done)
                 done.add_done_callback(partial(on_commit, key, judgment))
@@ -272,9 +344,12 @@ class Annotator:
                         # Bounded: ``concurrency`` workers, not a task per item, so a stage of 680K
                         # items costs the memory of its in-flight calls, and the first call goes out
                         # before the rest of the list is hashed.
-                        workers = [asyncio.create_task(worker()) for _ in range(min(self.concurrency, len(todo)))]
+                        await warming  # a fleet's limits are known now: it says how many calls to keep waiting
+                        concurrency = self.concurrency
+                        if isinstance(self.backend, Fleet):
+                            concurrency = min(concurrency, self.backend.concurrency)
+                        workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(todo)))]
                         await asyncio.gather(*workers)
-                        await warming
                     finally:
                         for task in workers:
                             task.cancel()
@@ -290,6 +365,15 @@ class Annotator:
             ledger.wall_s = time.monotonic() - started
         ordered = {key: outcomes[key] for key, _ in items}
         return AnnotationResult(ordered, ledger)
+
+    def _ident(self, key: str) -> tuple[str, str, str, str]:
+        return (self.stage, self.judge_model, self.prompt_version, key)
+
+    def _stop_asking(self, key: str, judgment: Judgment | None) -> None:
+        """Hand ``judgment`` (None: none was committed) to overlapping runs waiting for ``key``."""
+        future = self.store.asking.pop(self._ident(key), None)
+        if future is not None and not future.done():
+            future.set_result(judgment)
 
     # ------------------------------------------------------------------ one key
     async def _judge(self, key: str, request: GenerateRequest, sha: str, ledger: Ledger) -> Judgment:
@@ -328,13 +412,18 @@ class Annotator:
 
     async def _call(self, request: GenerateRequest, ledger: Ledger, tally: list[int]) -> Generation:
         """One answer with bounded retries of retryable errors; ``tally[0]`` counts the calls."""
-        return await call_with_retries(lambda: self.backend.generate(request), self.retry, self._rng, ledger, tally)
+        return await call_with_retries(lambda: self.backend.generate(request), self.retry, self._rng, ledger, tally,
+                                       stage=self.stage)
 
 
-async def call_with_retries(call, retry: RetryPolicy, rng: random.Random, ledger: Ledger, tally: list[int]):
+async def call_with_retries(call, retry: RetryPolicy, rng: random.Random, ledger: Ledger, tally: list[int],
+                            stage: str | None = None):
     """``await call()`` (a ``Generation`` or ``Scored``) with bounded retries of retryable errors
     and jittered backoff. Every attempt counts in ``ledger.calls`` and ``tally[0]``, every retry in
-    ``ledger.retries`` by kind, the answer's tokens in the ledger; the last error is raised."""
+    ``ledger.retries`` by kind, the answer's tokens in the ledger; the last error is raised.
+    ``stage`` names the calls for a fleet's per-stage counts (``CALL_STAGE``, in this task)."""
+    if stage is not None and CALL_STAGE.get() != stage:
+        CALL_STAGE.set(stage)  # each caller runs in its own task: the setting stays in that task
     for attempt in range(1, retry.max_attempts + 1):
         ledger.calls += 1
         tally[0] += 1
@@ -350,6 +439,9 @@ async def call_with_retries(call, retry: RetryPolicy, rng: random.Random, ledger
         else:
             ledger.prompt_tokens += answer.prompt_tokens or 0
             ledger.completion_tokens += answer.completion_tokens or 0
+            source = answer.meta.get("prompt_tokens_source")
+            if source is not None:
+                ledger.prompt_token_sources[source] += 1
             return answer
         if not error.retryable or attempt == retry.max_attempts:
             raise error

@@ -1,10 +1,14 @@
 """Several judge endpoints behind one ``Backend``: keep every endpoint full, lose nothing.
 
 A ``Fleet`` holds any mix of backends (TGI ``/generate``, OpenAI-compatible chat, local) that
-serve the same judge. For each endpoint it keeps an in-flight limit:
+serve the same judge; every remote judge of a recipe is one, a single endpoint too
+(``builders.methods.run.make_judges``). For each endpoint it keeps an in-flight limit:
 
-- it starts at ``/info``'s ``max_concurrent_requests`` when the server offers it (TGI), which is
-  then also the ceiling; otherwise at ``FleetConfig.default_limit`` under ``max_limit``;
+- it starts at what the server states (``fleet_members.probe_limits``: TGI ``/info``
+  ``max_concurrent_requests``, llama.cpp ``/props`` ``total_slots``, SGLang ``/get_server_info``
+  ``max_running_requests``), which is then also the ceiling; a server that states none (vLLM)
+  starts at ``FleetConfig.default_limit`` in slow start under ``max_limit``: the probe. The
+  recipe's ``concurrency:`` caps both (an optional cap, not the starting limit);
 - it adapts by AIMD: +1 per success while below the slow-start threshold, then +1 per
   ``limit`` successes (additive increase), but only while the limit is what holds requests
   back. A 429 on a call sent with k of ours in flight means the server holds at most k - 1 for
@@ -14,7 +18,9 @@ serve the same judge. For each endpoint it keeps an in-flight limit:
   ``decrease``. One cut per round trip: calls sent before the last cut do not cut again.
 
 Each call goes to the least-loaded healthy endpoint (in-flight / limit) with a free slot, or
-waits, first come first served, for one. A call that meets a 429 is re-sent (the cut limit
+waits for one: by ``CALL_PRIORITY`` (a streamed build gives each chunk its number, so the next
+chunk's calls fill only the slots the current chunk's tail leaves free), then first come first
+served. A call that meets a 429 is re-sent (the cut limit
 decides where; an endpoint full of other clients' calls counts as tried). One that meets a
 5xx, a timeout, a dropped connection or a protocol error is moved to an endpoint it has not
 tried, or back to one it has once that endpoint has answered another call since (proof of
@@ -35,11 +41,11 @@ rejoins it (with a fresh ``/info`` limit, in slow start). Endpoints without a UR
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import math
 import random
 import time
-from collections import deque
 
 import aiohttp
 
@@ -47,6 +53,9 @@ from builders.judges.endpoints import make_backend
 from builders.judges.endpoints.base import Backend, EndpointError, GenerateRequest, Generation, Scored, ScoreRequest
 from builders.judges.endpoints.spec import EndpointSpec
 from builders.judges.fleet_members import (  # noqa: F401 - re-exported: callers import them from here
+    CALL_PRIORITY,
+    CALL_STAGE,
+    STAGE_COUNTS,
     EndpointStats,
     FleetConfig,
     FleetEndpoint,
@@ -54,6 +63,7 @@ from builders.judges.fleet_members import (  # noqa: F401 - re-exported: callers
     QueuedCall,
     probe_health,
     probe_info,
+    probe_limits,
 )
 
 
@@ -63,15 +73,23 @@ class Fleet(Backend):
             raise ValueError("a fleet needs at least one endpoint")
         self.config = config or FleetConfig()
         self.members = [FleetMember(i, e, self.config) for i, e in enumerate(endpoints)]
-        self.concurrency = self.config.concurrency
         self.model_id = model_id or endpoints[0].backend.model_id
         self.supports_constraint = frozenset.intersection(*(frozenset(e.backend.supports_constraint) for e in endpoints))
-        self._waiters: deque[QueuedCall] = deque()
+        self._waiters: list[tuple[int, int, QueuedCall]] = []  # a heap: (priority, arrival, call)
         self._started: asyncio.Task | None = None
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self._random = random.Random(0)
         self._tickets = itertools.count()
+
+    @property
+    def concurrency(self) -> int:
+        """Calls a caller should keep in flight: enough for every slot to have one waiting behind
+        it (twice the members' ceilings, once ``start`` has read them), at most
+        ``FleetConfig.concurrency``. Fewer waiting calls are fewer prompts rendered ahead of a slot."""
+        if self._started is None or not self._started.done():
+            return self.config.concurrency
+        return max(1, min(self.config.concurrency, int(2 * sum(m.stats.ceiling for m in self.members))))
 
     @property
     def kind(self) -> str:
@@ -80,9 +98,8 @@ class Fleet(Backend):
 
     @classmethod
     def from_specs(cls, specs: list[EndpointSpec], config: FleetConfig | None = None) -> "Fleet":
-        """A fleet of the recipe's endpoints for one judge (``spec.concurrency`` is the starting
-        limit of an endpoint that does not offer ``/info``)."""
-        endpoints = [FleetEndpoint(make_backend(spec), url=spec.url, default_limit=spec.concurrency) for spec in specs]
+        """A fleet of the recipe's endpoints for one judge (``spec.concurrency``: the endpoint's cap)."""
+        endpoints = [FleetEndpoint(make_backend(spec), url=spec.url, cap=spec.concurrency) for spec in specs]
         return cls(endpoints, config, model_id=specs[0].model_id if specs else None)
 
     # --- Backend ----------------------------------------------------------------------------
@@ -98,7 +115,10 @@ class Fleet(Backend):
     async def input_limit(self, max_new_tokens: int) -> int | None:
         """The smallest input limit among the members that state one: a prompt must fit every
         endpoint it may be moved to. None when no member states one."""
-        limits = await asyncio.gather(*(m.backend.input_limit(max_new_tokens) for m in self.members))
+        if self._started is None:  # the first call reads every member's limit at once
+            limits = await asyncio.gather(*(m.backend.input_limit(max_new_tokens) for m in self.members))
+        else:  # then each member answers from its cache: no task per member per prompt
+            limits = [await m.backend.input_limit(max_new_tokens) for m in self.members]
         known = [x for x in limits if x is not None]
         return min(known) if known else None
 
@@ -122,6 +142,15 @@ class Fleet(Backend):
 
     def stats(self) -> list[EndpointStats]:
         return [EndpointStats(**{**vars(m.stats), "failures_by_kind": dict(m.stats.failures_by_kind)}) for m in self.members]
+
+    def stage_stats(self) -> dict[str | None, dict[str, dict[str, int]]]:
+        """stage (``CALL_STAGE`` of the calls; None: calls made outside a stage) -> endpoint name ->
+        its ``STAGE_COUNTS`` so far (attempts, succeeded, overloaded, failed, moved, tokens)."""
+        out: dict[str | None, dict[str, dict[str, int]]] = {}
+        for member in self.members:
+            for stage, tally in member.by_stage.items():
+                out.setdefault(stage, {})[member.stats.name] = {name: tally[name] for name in STAGE_COUNTS}
+        return out
 
     async def aclose(self) -> None:
         self._closed = True
@@ -158,26 +187,27 @@ class Fleet(Backend):
         self._set_limits(member, offered)
 
     async def _read_info_fields(self, member: FleetMember) -> int | None:
-        """``/info``'s ``max_concurrent_requests`` (None: not offered); keeps ``max_input_tokens``
-        in the stats. Connection failures raise."""
+        """The concurrency the server states (None: none; ``probe_limits``); keeps where it came
+        from and ``max_input_tokens`` in the stats. Connection failures raise."""
         if member.url is None:
+            member.stats.limit_source = "no url: default_limit"
             return None
-        info = await probe_info(self._http(), member.url) or {}
-        max_input = info.get("max_input_tokens")
-        member.stats.max_input_tokens = max_input if isinstance(max_input, int) and max_input > 0 else None
-        offered = info.get("max_concurrent_requests")
-        return offered if isinstance(offered, int) and offered > 0 else None
+        offered, source, max_input = await probe_limits(self._http(), member.url)
+        member.stats.max_input_tokens = max_input
+        member.stats.limit_source = source
+        return offered
 
     def _set_limits(self, member: FleetMember, offered: int | None) -> None:
         stats, config = member.stats, self.config
         stats.info_limit = offered
-        stats.limit = float(offered or member.default_limit)
-        stats.ceiling = float(offered or config.max_limit)
+        stats.ceiling = float(min(offered or config.max_limit, member.cap or math.inf))
+        stats.limit = min(float(offered or member.default_limit), stats.ceiling)
         member.threshold = math.inf
 
     # --- routing ----------------------------------------------------------------------------
     async def _route(self, call):
         await self.start()
+        stage = CALL_STAGE.get()
         tried: dict[int, int] = {}  # endpoint -> its success count when this call failed there
         last_error: EndpointError | None = None
         previous: FleetMember | None = None
@@ -185,6 +215,7 @@ class Fleet(Backend):
             member = await self._acquire(tried, last_error)
             if previous is not None:
                 previous.stats.moved += 1  # the failed attempt found another slot: the caller never sees it
+                previous.count(stage, moved=1)
             sent = time.monotonic()
             ticket = next(self._tickets)
             member.sent[ticket] = sent
@@ -193,6 +224,7 @@ class Fleet(Backend):
                 result = await call(member.backend)
             except EndpointError as error:
                 self._release(member, ticket)
+                member.count(stage, attempts=1, **{"overloaded" if error.kind == "overloaded" else "failed": 1})
                 self._on_failure(member, error, sent, in_flight_at_send)
                 if error.kind == "validation" or attempt == self.config.max_moves:
                     raise
@@ -203,7 +235,11 @@ class Fleet(Backend):
                 continue
             except BaseException:
                 self._release(member, ticket)
+                member.count(stage, attempts=1)
                 raise
+            answered = isinstance(result, (Generation, Scored))
+            member.count(stage, attempts=1, succeeded=1, prompt_tokens=(answered and result.prompt_tokens) or 0,
+                         completion_tokens=(answered and result.completion_tokens) or 0)
             self._on_success(member, result, sent)  # counted before the slot is handed on: a waiter
             self._release(member, ticket)  # that failed here before may take it (proof of life)
             return result
@@ -230,7 +266,7 @@ class Fleet(Backend):
         if not any(self._may_serve(m, tried) for m in self.members):
             raise self._no_endpoint_error(last_error)
         waiter = QueuedCall(asyncio.get_running_loop().create_future(), tried, last_error)
-        self._waiters.append(waiter)
+        heapq.heappush(self._waiters, (CALL_PRIORITY.get(), next(self._tickets), waiter))
         try:
             return await waiter.future
         except asyncio.CancelledError:
@@ -261,30 +297,37 @@ class Fleet(Backend):
         self._dispatch()
 
     def _dispatch(self) -> None:
-        """Hand free slots to waiters in arrival order (a waiter skips endpoints it tried)."""
-        skipped: list[QueuedCall] = []
+        """Hand free slots to waiters by priority (``CALL_PRIORITY``: an earlier chunk's calls
+        first), then in arrival order; a waiter skips endpoints it tried."""
+        skipped: list[tuple[int, int, QueuedCall]] = []
         while self._waiters and any(m.stats.healthy and m.free > 0 for m in self.members):
-            waiter = self._waiters.popleft()
+            entry = heapq.heappop(self._waiters)
+            waiter = entry[2]
             if waiter.future.done():
                 continue
             member = self._pick(waiter.tried)
             if member is None:
-                skipped.append(waiter)
+                skipped.append(entry)
                 continue
             self._take(member)
             waiter.future.set_result(member)
-        self._waiters.extendleft(reversed(skipped))
+        for entry in skipped:
+            heapq.heappush(self._waiters, entry)
 
     def _fail_waiters(self) -> None:
         """Waiters left with no healthy endpoint they have not tried get the error now."""
-        kept: deque[QueuedCall] = deque()
-        for waiter in self._waiters:
+        if not self._closed and any(m.stats.healthy and m.stats.in_flight > 0 for m in self.members):
+            return  # a call in flight on a healthy endpoint may prove it alive: every waiter may be served
+        kept: list[tuple[int, int, QueuedCall]] = []
+        for entry in self._waiters:
+            waiter = entry[2]
             if waiter.future.done():
                 continue
             if self._closed or not any(self._may_serve(m, waiter.tried) for m in self.members):
                 waiter.future.set_exception(self._no_endpoint_error(waiter.last_error))
             else:
-                kept.append(waiter)
+                kept.append(entry)
+        heapq.heapify(kept)
         self._waiters = kept
 
     def _no_endpoint_error(self, last_error: EndpointError | None) -> EndpointError:
@@ -387,7 +430,7 @@ class Fleet(Backend):
                 self._set_limits(member, await self._read_info_fields(member))
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 continue
-            member.threshold = member.stats.limit  # slow start back up to what /info (or the default) says
+            member.threshold = member.stats.limit  # slow start back up to what the server (or the default) says
             member.stats.limit = min(float(member.default_limit), member.stats.ceiling)
             break
         member.consecutive_failures = 0

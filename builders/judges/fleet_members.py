@@ -1,21 +1,31 @@
 """What a ``builders.judges.fleet.Fleet`` keeps per endpoint: the settings, the running stats the cost
-ledger reads, the member's adaptive state, a queued call, and the ``/info`` and ``/health``
-probes."""
+ledger reads (also per stage: ``CALL_STAGE`` names the stage a call is made for), the member's
+adaptive state, a queued call, and the limit and ``/health`` probes."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import aiohttp
 
 from builders.judges.endpoints.base import Backend, EndpointError
 
+# The stage a call is made for ("rlhn/stage1"): the annotator's workers set it, the fleet counts
+# each attempt under it, so stages sharing a fleet (or overlapping chunks of one stage) are
+# accounted apart.
+CALL_STAGE: contextvars.ContextVar[str | None] = contextvars.ContextVar("CALL_STAGE", default=None)
+# Waiting calls with a lower number get slots first (a streamed build: the chunk's number).
+CALL_PRIORITY: contextvars.ContextVar[int] = contextvars.ContextVar("CALL_PRIORITY", default=0)
+STAGE_COUNTS = ("attempts", "succeeded", "overloaded", "failed", "moved", "prompt_tokens", "completion_tokens")
+
 
 @dataclass
 class FleetConfig:
-    default_limit: int = 8  # starting in-flight limit of an endpoint without /info
+    default_limit: int = 8  # starting in-flight limit of an endpoint that states none (then slow start)
     max_limit: int = 512  # ceiling of an endpoint without /info
     decrease: float = 0.8  # multiplicative decrease on 429 / rising queue time
     queue_slack_ms: float = 100.0  # queue time tolerated before it counts as congestion ...
@@ -35,7 +45,8 @@ class FleetEndpoint:
     backend: Backend
     url: str | None = None
     name: str | None = None
-    default_limit: int | None = None  # starting limit without /info (None: FleetConfig.default_limit)
+    default_limit: int | None = None  # starting limit when the server states none (None: FleetConfig.default_limit)
+    cap: int | None = None  # the recipe's ``concurrency``: the limit never goes above it (None: no cap)
 
 
 @dataclass
@@ -46,8 +57,10 @@ class EndpointStats:
     url: str | None
     limit: float
     ceiling: float
-    info_limit: int | None  # /info's max_concurrent_requests, when offered
+    info_limit: int | None  # the concurrency the server states (TGI /info, llama.cpp /props, SGLang), when it does
     healthy: bool
+    limit_source: str = ""  # where the starting limit came from ("tgi /info max_concurrent_requests", ...)
+    cap: int | None = None  # the recipe's concurrency cap
     max_input_tokens: int | None = None  # /info's max_input_tokens, when offered
     in_flight: int = 0
     max_in_flight: int = 0
@@ -79,6 +92,9 @@ class FleetMember:
         self.stats = EndpointStats(name=name, url=self.url, limit=float(config.default_limit),
                                    ceiling=float(config.max_limit), info_limit=None, healthy=True)
         self.default_limit = endpoint.default_limit or config.default_limit
+        self.cap = endpoint.cap
+        self.stats.cap = endpoint.cap
+        self.by_stage: dict[str | None, Counter] = {}  # stage -> STAGE_COUNTS of its calls here
         self.threshold = math.inf  # slow-start threshold
         self.decreased_at = -math.inf
         self.succeeded_at_cut = -math.inf  # the success count at the last cut
@@ -86,6 +102,12 @@ class FleetMember:
         self.streak_started = 0.0  # when the current run of failures began
         self.sent: dict[int, float] = {}  # ticket -> send time of each call in flight
         self.probe: asyncio.Task | None = None
+
+    def count(self, stage: str | None, **counts) -> None:
+        tally = self.by_stage.get(stage)
+        if tally is None:
+            tally = self.by_stage[stage] = Counter()
+        tally.update(counts)
 
     @property
     def free(self) -> int:
@@ -105,10 +127,10 @@ class QueuedCall:
     last_error: EndpointError | None
 
 
-async def probe_info(session: aiohttp.ClientSession, url: str) -> dict | None:
-    """``GET {url}/info`` as a dict, or None when the server has no such route (OpenAI-compatible
-    servers answer 404). Connection failures raise."""
-    async with session.get(f"{url}/info") as response:
+async def probe_info(session: aiohttp.ClientSession, url: str, route: str = "/info") -> dict | None:
+    """``GET {url}{route}`` as a dict, or None when the server has no such route (OpenAI-compatible
+    servers answer 404 for TGI's ``/info``). Connection failures raise."""
+    async with session.get(f"{url}{route}") as response:
         if response.status != 200:
             return None
         try:
@@ -116,6 +138,36 @@ async def probe_info(session: aiohttp.ClientSession, url: str) -> dict | None:
         except ValueError:
             return None
         return body if isinstance(body, dict) else None
+
+
+def _positive(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+async def probe_limits(session: aiohttp.ClientSession, url: str) -> tuple[int | None, str, int | None]:
+    """``(requests in flight the server states, where that came from, max_input_tokens)``:
+
+    - TGI ``GET /info``: ``max_concurrent_requests`` (and ``max_input_tokens``);
+    - llama.cpp ``GET /props``: ``total_slots`` (its ``--parallel``);
+    - SGLang ``GET /get_server_info``: ``max_running_requests``;
+    - otherwise (vLLM states no request limit) ``(None, "none stated", None)``: the fleet starts at
+      its ``default_limit`` in slow start, which probes upwards until a 429 or rising queue
+      time marks the edge. Connection failures raise."""
+    info = await probe_info(session, url)
+    if info is not None:
+        max_input = _positive(info.get("max_input_tokens"))
+        offered = _positive(info.get("max_concurrent_requests"))
+        if offered is not None:
+            return offered, "tgi /info max_concurrent_requests", max_input
+    else:
+        max_input = None
+    props = await probe_info(session, url, "/props")
+    if props is not None and _positive(props.get("total_slots")) is not None:
+        return props["total_slots"], "llama.cpp /props total_slots", max_input
+    server_info = await probe_info(session, url, "/get_server_info")
+    if server_info is not None and _positive(server_info.get("max_running_requests")) is not None:
+        return server_info["max_running_requests"], "sglang /get_server_info max_running_requests", max_input
+    return None, "none stated: slow start from default_limit", max_input
 
 
 async def probe_health(session: aiohttp.ClientSession, url: str) -> bool:

@@ -16,7 +16,10 @@ Feeding it: ``add_annotation(stage, judge, run_ledger, fleet_before, fleet_after
 ``Annotator``'s run ledger (``builders.judges.annotate.Ledger``) and, when the backend is a ``Fleet``,
 its per-endpoint stats before and after the stage: one row per endpoint, plus an
 ``(annotator)`` row with the annotator's own retries and the lost questions (so the columns
-sum). Without a fleet the whole stage is one row. ``estimate(plans, prices)`` builds the same
+sum). Without a fleet the whole stage is one row. A build feeds a fleet's stages apart instead:
+``add_annotator_row`` per run, and ``add_fleet_stage`` once at the end with the fleet's
+per-stage counts (``Fleet.stage_stats``: every attempt is counted under the stage that made it,
+so stages sharing a fleet and runs that overlap are accounted exactly). ``estimate(plans, prices)`` builds the same
 rows from tokenizer counts of the real prompts before any call.
 
 Prices come from the recipe: ``{model id: {prompt: USD per 1M tokens, completion: USD per 1M
@@ -139,8 +142,22 @@ class CostLedger:
             self.add(stage, judge, now.name, requests=delta["attempts"], answered=delta["succeeded"],
                      prompt_tokens=delta["prompt_tokens"], completion_tokens=delta["completion_tokens"],
                      retries=delta["moved"], failures=delta["overloaded"] + delta["failed"], wall_s=run.wall_s)
-        self.add(stage, judge, ANNOTATOR_ROW, retries=backoff_retries + run.parse_retries, lost=run.failed,
+        self.add_annotator_row(stage, judge, run)
+
+    def add_annotator_row(self, stage: str, judge: str, run) -> None:
+        """The ``(annotator)`` row of a fleet-backed stage: its backoff and parse retries, the
+        questions it lost (the fleet's rows hold the requests)."""
+        self.add(stage, judge, ANNOTATOR_ROW, retries=sum(run.retries.values()) + run.parse_retries, lost=run.failed,
                  wall_s=run.wall_s)
+
+    def add_fleet_stage(self, stage: str, judge: str, counts: dict[str, dict[str, int]], wall_s: float) -> None:
+        """One row per endpoint from a fleet's counts for ``stage`` (``Fleet.stage_stats()[stage]``,
+        minus what it held before, when it served earlier runs)."""
+        for endpoint, c in counts.items():
+            if c["attempts"]:
+                self.add(stage, judge, endpoint, requests=c["attempts"], answered=c["succeeded"],
+                         prompt_tokens=c["prompt_tokens"], completion_tokens=c["completion_tokens"], retries=c["moved"],
+                         failures=c["overloaded"] + c["failed"], wall_s=wall_s)
 
     # --- dry run ----------------------------------------------------------------------------
     @classmethod

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from builders.judges.annotate import Ledger, RetryPolicy, call_with_retries
+from builders.judges.annotate import Ledger, RetryPolicy, call_with_retries, stage_clock
 from builders.judges.endpoints.base import Backend, EndpointError, Scored, ScoreRequest, TokenScore
 from builders.judges.store import Judgment, JudgmentStore, request_sha
 
@@ -63,11 +63,11 @@ def tokens_from_json(text: str) -> list[TokenScore]:
     return [TokenScore(t, float(lp), int(a), int(b)) for t, lp, a, b in json.loads(text)]
 
 
-async def _score_one(backend: Backend, request: ScoreRequest, retry: RetryPolicy, rng: random.Random, ledger: Ledger
-                     ) -> tuple[Scored | EndpointError, int]:
+async def _score_one(backend: Backend, request: ScoreRequest, retry: RetryPolicy, rng: random.Random, ledger: Ledger,
+                     stage: str) -> tuple[Scored | EndpointError, int]:
     tally = [0]
     try:
-        return await call_with_retries(lambda: backend.score(request), retry, rng, ledger, tally), tally[0]
+        return await call_with_retries(lambda: backend.score(request), retry, rng, ledger, tally, stage=stage), tally[0]
     except EndpointError as error:
         if error.status is None and not error.retryable:
             raise CannotScore(f"judge {backend.model_id} cannot score given answers: {error.message}") from error
@@ -78,6 +78,14 @@ async def score_all(backend: Backend, store: JudgmentStore, items: dict[str, Sco
                     prompt_version: str, concurrency: int | None = None, retry: RetryPolicy | None = None,
                     seed: int | None = 0, progress: bool = True) -> ScoreResult:
     """Score every item; answers already final in the store (same request) are not asked again."""
+    with stage_clock(stage):
+        return await _score_all(backend, store, items, stage=stage, prompt_version=prompt_version,
+                                concurrency=concurrency, retry=retry, seed=seed, progress=progress)
+
+
+async def _score_all(backend: Backend, store: JudgmentStore, items: dict[str, ScoreRequest], *, stage: str,
+                     prompt_version: str, concurrency: int | None, retry: RetryPolicy | None, seed: int | None,
+                     progress: bool) -> ScoreResult:
     started = time.monotonic()
     retry = retry or RetryPolicy()
     rng = random.Random(seed)
@@ -100,7 +108,7 @@ async def score_all(backend: Backend, store: JudgmentStore, items: dict[str, Sco
             if stopped.is_set():
                 return
             try:
-                answer, attempts = await _score_one(backend, items[key], retry, rng, ledger)
+                answer, attempts = await _score_one(backend, items[key], retry, rng, ledger, stage)
             except CannotScore:
                 stopped.set()
                 raise

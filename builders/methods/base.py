@@ -71,6 +71,7 @@ def ledger_of(groups: list[dict]) -> Ledger:
             setattr(total, name, getattr(total, name) + g[name])
         total.retries.update(g["retries"])
         total.failures.update(g["failures"])
+        total.prompt_token_sources.update(g.get("prompt_token_sources", {}))
         total.wall_s = max(total.wall_s, g["wall_s"])
     return total
 

@@ -2,17 +2,19 @@
 in one event loop, against one judgment store, and account for what the judges cost.
 
 Judges: each recipe judge (``judges.stage1``, ``stage2``, ``arhn_extract``, ``arhn_rank``) is one
-endpoint or a list of endpoints; a list becomes one ``Fleet`` (least-loaded routing). Judges
-with equal specs share one backend (one local model in memory, one fleet).
+endpoint or a list of endpoints; every remote judge becomes one ``Fleet`` (a single endpoint
+too: its limit from the server, AIMD, 503s re-sent inside the fleet; the endpoint's
+``concurrency`` is a cap); a local model is used as it is. Judges with equal specs share one
+backend (one local model in memory, one fleet).
 
 The cost ledger: every judge stage hands back the run ledger of what it asked in THIS run
 (``builders.judges.annotate.Ledger``: calls made, answers read from the store, tokens; RLHN by prompt
 group, ARHN/PRHN and CLEAR in ``MethodResult.ledgers``), so a resumed run counts only the calls
-it made. For every method step, the fleets' per-endpoint stats are snapshotted before and
-after, and ``CostLedger.add_annotation`` turns the deltas into one row per endpoint (plus the
-annotator's row); a single endpoint is one row per stage. When one fleet serves several
-stages of one step (ARHN's extract and rank on the same judge), its rows carry the joined
-stage name (``arhn/extract+arhn/rank``): the fleet cannot tell the stages apart.
+it made. A fleet-backed stage gets the annotator's row from it (its backoff retries, lost
+questions) and, once per run of the methods (``add_fleet_rows``; a streamed build once at its
+end), one row per endpoint from the fleet's per-stage counts: every attempt is counted under
+the stage that made it (``CALL_STAGE``), so stages sharing one fleet, and chunks whose calls
+overlap, are accounted apart and exactly. A local backend is one row per stage.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from builders.judges.endpoints.base import Backend
 from builders.judges.endpoints.spec import EndpointSpec
 from builders.judges.fleet import Fleet, FleetConfig
 from builders.judges.ledger import CostLedger, load_prices
-from builders.methods.base import MethodResult, ledger_of
+from builders.methods.base import MethodResult
 from builders.recipe import Recipe, judge_plan, selected
 from builders.rows import QueryRow
 
@@ -41,20 +43,37 @@ class MethodsRun:
 
 
 def make_judges(plan: dict[str, list[EndpointSpec]], fleet: FleetConfig | None) -> dict[str, Backend]:
-    """Judge name -> backend; equal endpoint lists share one backend (a list of 2+ is a Fleet)."""
+    """Judge name -> backend; equal endpoint lists share one backend. Every remote judge - one
+    endpoint or a list - is a ``Fleet`` (limits from the server, AIMD, 503s re-sent inside it);
+    a single local model is its backend itself."""
     built: list[tuple[list[EndpointSpec], Backend]] = []
     out = {}
     for name, specs in plan.items():
         backend = next((b for s, b in built if s == specs), None)
         if backend is None:
-            backend = make_backend(specs[0]) if len(specs) == 1 else Fleet.from_specs(specs, fleet or FleetConfig())
+            local_only = len(specs) == 1 and specs[0].kind == "local"
+            backend = make_backend(specs[0]) if local_only else Fleet.from_specs(specs, fleet or FleetConfig())
             built.append((specs, backend))
         out[name] = backend
     return out
 
 
-def _snapshot(backends: list[Backend]) -> dict[int, list]:
-    return {id(b): b.stats() for b in backends if isinstance(b, Fleet)}
+def fleet_counts(judges: dict[str, Backend]) -> dict[int, dict]:
+    """id(fleet) -> its per-stage counts now (``Fleet.stage_stats``), to subtract at the end."""
+    return {id(b): b.stage_stats() for b in judges.values() if isinstance(b, Fleet)}
+
+
+def add_fleet_rows(ledger: CostLedger, judges: dict[str, Backend], before: dict[int, dict], walls: dict[str, float]) -> None:
+    """One ledger row per (stage, endpoint) of every fleet: what it did since ``before``
+    (``fleet_counts``); ``walls``: stage -> its wall time."""
+    for backend in {id(b): b for b in judges.values() if isinstance(b, Fleet)}.values():
+        was = before.get(id(backend), {})
+        for stage, by_endpoint in backend.stage_stats().items():
+            earlier = was.get(stage, {})
+            delta = {endpoint: {k: v - earlier.get(endpoint, {}).get(k, 0) for k, v in counts.items()}
+                     for endpoint, counts in by_endpoint.items()}
+            name = stage or "(no stage)"
+            ledger.add_fleet_stage(name, backend.model_id, delta, walls.get(name, 0.0))
 
 
 def ledger_from_judgments(rows: list[dict], wall_s: float) -> Ledger:
@@ -77,37 +96,35 @@ def ledger_from_judgments(rows: list[dict], wall_s: float) -> Ledger:
     return led
 
 
-def _account(ledger: CostLedger, stages: dict[str, tuple[Backend, Ledger]], before: dict[int, list]) -> None:
-    """Ledger rows for one method step: stage -> (backend, annotator ledger)."""
-    by_backend: dict[int, list[str]] = {}
-    for stage, (backend, _) in stages.items():
-        by_backend.setdefault(id(backend), []).append(stage)
-    for names in by_backend.values():
-        backend = stages[names[0]][0]
-        if isinstance(backend, Fleet) and id(backend) in before:
-            run = ledger_of([stages[n][1].as_dict() for n in names])
-            ledger.add_annotation("+".join(names), backend.model_id, run, before[id(backend)], backend.stats())
+def _account(ledger: CostLedger, stages: dict[str, tuple[Backend, Ledger]]) -> None:
+    """Ledger rows for one method step: stage -> (backend, annotator ledger). A fleet's
+    per-endpoint rows come from ``add_fleet_rows``."""
+    for stage, (backend, run) in stages.items():
+        if isinstance(backend, Fleet):
+            ledger.add_annotator_row(stage, backend.model_id, run)
         else:
-            for n in names:
-                ledger.add_annotation(n, backend.model_id, stages[n][1])
+            ledger.add_annotation(stage, backend.model_id, run)
 
 
 async def run_methods(recipe: Recipe, rows: list[QueryRow], store, progress: bool = True,
                       judges: dict[str, Backend] | None = None) -> MethodsRun:
     """``judges``: judge name -> backend, built and closed by the caller (a streamed build
-    reuses them chunk after chunk); None: built from the recipe here and closed at the end."""
+    reuses them chunk after chunk, and adds the fleets' rows once with ``add_fleet_rows``);
+    None: built from the recipe here, accounted and closed at the end."""
     out = MethodsRun(ledger=CostLedger(prices=load_prices(recipe.prices)))
     owned = judges is None
     judges = make_judges(judge_plan(recipe), recipe.fleet) if owned else judges
     unique = list({id(b): b for b in judges.values()}.values())
+    before = fleet_counts(judges)
     try:
         for method, settings in selected(recipe):
-            before = _snapshot(unique)
             result = await method.run(rows, settings, judges, store, progress)
             out.results.append(result)
-            _account(out.ledger, {stage: (judges[result.stage_judges[stage]], led) for stage, led in result.ledgers.items()}, before)
+            _account(out.ledger, {stage: (judges[result.stage_judges[stage]], led) for stage, led in result.ledgers.items()})
             out.judge_runs.update(result.judge_runs if result.judge_runs is not None
                                   else {stage: led.as_dict() for stage, led in result.ledgers.items()})
+        if owned:
+            add_fleet_rows(out.ledger, judges, before, {r.stage: r.wall_s for r in out.ledger.stage_totals()})
         for name, backend in judges.items():
             if isinstance(backend, Fleet):
                 out.fleets[name] = [dataclasses.asdict(x) for x in backend.stats()]

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from builders.build import build
@@ -33,11 +34,16 @@ def _stored(path: Path, stage: str) -> int:
         return 0
 
 
-def test_sigkill_mid_stage_then_rerun_is_identical_and_pays_nothing_twice(tgi_stand_in, tmp_path, monkeypatch):
+@pytest.mark.parametrize("chunk_rows", [None, 4], ids=["one-chunk", "look-ahead"])
+def test_sigkill_mid_stage_then_rerun_is_identical_and_pays_nothing_twice(tgi_stand_in, tmp_path, monkeypatch, chunk_rows):
+    """``look-ahead``: 4-row chunks, so the kill falls while one chunk is written and the next
+    one's calls are in flight; the rerun still asks only what was never answered."""
     servers, _ = stages_for(tgi_stand_in, subsets=("fiqa",))
     servers[0].delay_s = 0.15  # slow enough to kill in the middle of stage 1
     recipe = replay_recipe_dict(servers[0].url, servers[1].url)
     recipe["judges"]["stage1"]["concurrency"] = 2
+    if chunk_rows is not None:
+        recipe.setdefault("output", {})["chunk_rows"] = chunk_rows
     for run in ("clean", "killed"):
         (tmp_path / run).mkdir()
         (tmp_path / run / "recipe.yaml").write_text(yaml.safe_dump(recipe))

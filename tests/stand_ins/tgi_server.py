@@ -74,6 +74,7 @@ class TGIStandIn:
         max_input_tokens: int = 4096,
         max_total_tokens: int = 8192,
         max_model_len: int | None = None,
+        prompt_tokens_header: bool = True,  # False: no x-prompt-tokens (a proxy that drops TGI's headers)
     ):
         self.responder = responder or (lambda request: "stand-in answer")
         if isinstance(faults, dict):
@@ -88,6 +89,7 @@ class TGIStandIn:
         self.max_input_tokens = max_input_tokens
         self.max_total_tokens = max_total_tokens
         self.max_model_len = max_model_len
+        self.prompt_tokens_header = prompt_tokens_header
         self.requests: list[RecordedRequest] = []
         self.reads: list[RecordedRequest] = []
         self.in_flight = 0
@@ -353,6 +355,8 @@ class _Handler(OpenAIRoutes, BaseHTTPRequestHandler):
             "x-prompt-tokens": len(prompt_tokens), "x-generated-tokens": generated, "x-compute-type": "stand-in",
             "x-queue-time": 0, "x-inference-time": elapsed_ms, "x-total-time": elapsed_ms,
         }
+        if not stand_in.prompt_tokens_header:
+            del headers["x-prompt-tokens"]
         self._send(200, [reply] if self.path == "/" else reply, headers)
         return 200
 

@@ -32,7 +32,7 @@ from builders.judges.endpoints.gbnf import regex_to_gbnf
 from builders.judges.endpoints.http import HttpClient
 from builders.judges.endpoints.shared_read import LIMIT_RETRY_S, SharedRead
 from builders.judges.endpoints.spans import batched_tokenizer_spans
-from builders.judges.endpoints.spec import EndpointSpec, input_limit_from
+from builders.judges.endpoints.spec import DIRECT_CONCURRENCY, EndpointSpec, input_limit_from
 
 REGEX_FLAVOURS = frozenset({"vllm", "sglang", "tgi", "llamacpp"})
 
@@ -67,7 +67,7 @@ class OpenAIBackend(Backend):
         if not spec.url:
             raise ValueError("an openai endpoint needs `url` (e.g. http://127.0.0.1:8000 or .../v1)")
         self.spec = spec
-        self.concurrency = spec.concurrency
+        self.concurrency = spec.concurrency or DIRECT_CONCURRENCY  # used without a fleet only
         base = spec.url.rstrip("/")
         self.base_url = base[: -len("/v1")] if base.endswith("/v1") else base
         self.model_id = spec.model_id

@@ -9,6 +9,8 @@ from typing import Literal
 
 from builders.judges.endpoints.base import EndpointError
 
+DIRECT_CONCURRENCY = 8  # requests in flight of a backend driven without a fleet and without a cap
+
 ResponseFormatStyle = Literal["openai", "vllm", "llamacpp", "tgi", "sglang"]
 Transport = Literal["aiohttp", "huggingface_hub"]
 
@@ -20,7 +22,9 @@ class EndpointSpec:
     model: str | None = None  # served model name (openai), Hub id / folder (local); recorded as the judge id
     api_key_env: str | None = None  # NAME of the env var holding a bearer token (e.g. "HF_TOKEN"), never the token
     timeout_s: float = 120.0  # per attempt
-    concurrency: int = 8  # requests in flight against this endpoint (local: always one at a time)
+    # a cap on requests in flight against this endpoint (None: no cap; the fleet starts from what the
+    # server states - TGI /info, llama.cpp /props, SGLang /get_server_info - and adapts); local: one at a time
+    concurrency: int | None = None
     tokenizer: str | None = None  # Hub id / folder: chat template for /generate prompts and token counts
     response_format_style: ResponseFormatStyle = "openai"  # openai flavour: how constraints are sent
     gguf_file: str | None = None  # local: GGUF file name inside ``model`` (a folder) or a path to one
@@ -30,6 +34,12 @@ class EndpointSpec:
     threads: int | None = None  # local: torch CPU threads (None: torch's default)
     transport: Transport = "aiohttp"  # tgi: HTTP client ("huggingface_hub": AsyncInferenceClient); openai: aiohttp only
     max_input_tokens: int | None = None  # prompt tokens the endpoint accepts (None: what the server / model says)
+
+    def __post_init__(self):
+        if self.concurrency is not None and (isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int)
+                                             or self.concurrency < 1):
+            raise ValueError(f"endpoint {self.url or self.model or self.kind}: concurrency must be an integer >= 1 (a cap on "
+                             f"requests in flight) or left out (what the server states), got {self.concurrency!r}")
 
     @property
     def model_id(self) -> str:

@@ -27,7 +27,7 @@ from builders.judges.endpoints.chat import render_chat_prompt
 from builders.judges.endpoints.http import HttpClient
 from builders.judges.endpoints.shared_read import LIMIT_RETRY_S, SharedRead
 from builders.judges.endpoints.spans import batched_tokenizer_spans
-from builders.judges.endpoints.spec import EndpointSpec, input_limit_from
+from builders.judges.endpoints.spec import DIRECT_CONCURRENCY, EndpointSpec, input_limit_from
 
 NO_PREFILL_MESSAGE = (
     "TGI returned an empty `prefill`: the server lacks --enable-prefill-logprobs (off by default since TGI 3.0), "
@@ -62,7 +62,7 @@ class TGIBackend(Backend):
         if spec.transport not in ("aiohttp", "huggingface_hub"):
             raise ValueError(f"tgi transport {spec.transport!r} is not 'aiohttp' or 'huggingface_hub'")
         self.spec = spec
-        self.concurrency = spec.concurrency
+        self.concurrency = spec.concurrency or DIRECT_CONCURRENCY  # used without a fleet only
         self.url = spec.url.rstrip("/")
         self.model_id = spec.model_id
         self.tokenizer = tokenizer
@@ -127,19 +127,35 @@ class TGIBackend(Backend):
             max_new_tokens = min(max_new_tokens, self.spec.max_new_tokens)
         payload, headers = await self._generate(prompt, generate_parameters(request, max_new_tokens))
         details = payload.get("details") or {}
-        prompt_tokens = _int(headers.get("x-prompt-tokens"))
-        if prompt_tokens is None and details.get("prefill"):
-            prompt_tokens = len(details["prefill"])
-        if prompt_tokens is None:
-            prompt_tokens = self.count_tokens(prompt)
+        prompt_tokens, source = await self._prompt_tokens(prompt, headers, details)
         completion_tokens = details.get("generated_tokens") if details else _int(headers.get("x-generated-tokens"))
+        meta = self._meta(headers)
+        meta["prompt_tokens_source"] = source
         return Generation(
             text=payload["generated_text"],
             finish_reason=details.get("finish_reason") or "unknown",
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            meta=self._meta(headers),
+            meta=meta,
         )
+
+    async def _prompt_tokens(self, prompt: str, headers: dict, details: dict) -> tuple[int | None, str]:
+        """``(prompt tokens, where the count came from)``: TGI's ``x-prompt-tokens`` header; else
+        the length of ``details.prefill`` when the server filled it; else the judge's
+        ``tokenizer``; else ``POST /tokenize`` (one extra request, made only when the server
+        reported nothing: a proxy that drops headers); ``(None, "not reported")`` when that fails."""
+        header = _int(headers.get("x-prompt-tokens"))
+        if header is not None:
+            return header, "x-prompt-tokens"
+        if details.get("prefill"):
+            return len(details["prefill"]), "details.prefill"
+        if self.tokenizer is not None:
+            return self.count_tokens(prompt), "tokenizer"
+        try:
+            tokens, _ = await self.http.post("/tokenize", {"inputs": prompt})
+        except EndpointError:
+            return None, "not reported"
+        return (len(tokens), "/tokenize") if isinstance(tokens, list) else (None, "not reported")
 
     def _meta(self, headers: dict) -> dict:
         """The endpoint's url and TGI's timing headers (``queue_time_ms``, ...)."""

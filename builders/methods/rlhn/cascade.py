@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
 from builders.judges.endpoints.base import Backend, Constraint, GenerateRequest
@@ -162,6 +163,16 @@ def make_request(window: Window, backend: Backend, s: RlhnSettings, negatives: t
     )
 
 
+YIELD_EVERY = 64  # rows or windows handled between two turns of the event loop
+
+
+async def breathe(i: int) -> None:
+    """Let the event loop run every ``YIELD_EVERY`` items of a long loop: in a streamed build the
+    next chunk's calls are in flight meanwhile, and an answer that waits for the loop idles its slot."""
+    if i % YIELD_EVERY == YIELD_EVERY - 1:
+        await asyncio.sleep(0)
+
+
 @dataclass
 class CallOutcome:
     """What the stage runner hands back per window (from the Annotator/store)."""
@@ -254,7 +265,8 @@ async def judge_stage(stage: Stage, rows: list[QueryRow], s: RlhnSettings, store
     fitter = PromptFitter(stage.backend)
     groups: dict[tuple[str, int], list[Window]] = defaultdict(list)
     seen: set[str] = set()
-    for row in rows:
+    for i, row in enumerate(rows):
+        await breathe(i)
         if row_key(row) in seen:  # an exact duplicate row shares the first one's judgment
             continue
         seen.add(row_key(row))
@@ -278,9 +290,11 @@ async def judge_stage(stage: Stage, rows: list[QueryRow], s: RlhnSettings, store
             (lambda w=w: fitter.fit(lambda texts: render_messages(w, s, texts), shown_negatives(w, s),
                                     max_new_tokens=s.max_new_tokens)) for w in windows)
         sent = [(w, fit) for w, fit in zip(windows, fits) if fit.texts is not None]
-        result = await annotator.run([(w.key, make_request(w, stage.backend, s, fit.texts)) for w, fit in sent])
+        # requests are made when a worker takes them (the prompt is rendered just before it is sent)
+        result = await annotator.run([(w.key, partial(make_request, w, stage.backend, s, fit.texts)) for w, fit in sent])
         ledgers[f"{version}/n={n}"] = result.ledger.as_dict()
-        for w, fit in zip(windows, fits):
+        for i, (w, fit) in enumerate(zip(windows, fits)):
+            await breathe(i)
             if fit.texts is None:  # too long even cut to the floor: not sent, a failed judgment
                 outcome = CallOutcome(None, error=too_long_message(fit), attempts=0, too_long=True)
             else:
@@ -327,7 +341,8 @@ async def run_rlhn(rows: list[QueryRow], stages: list[Stage], s: RlhnSettings, s
         raise ValueError("RLHN runs one or two judge stages")
     result = MethodResult(name="rlhn", configs={})
     stats = result.stats
-    for row in rows:
+    for i, row in enumerate(rows):
+        await breathe(i)
         c = stats[row.subset]
         c["rows_in"] += 1
         c["positives_in"] += len(row.positive_passages)
@@ -347,13 +362,17 @@ async def run_rlhn(rows: list[QueryRow], stages: list[Stage], s: RlhnSettings, s
         per_row, stage_judgments, stage_ledgers = await judge_stage(stage, current, s, store, retry, progress)
         judgments.extend(stage_judgments)
         ledgers[stage.name] = stage_ledgers
-        decisions = {row_key(r): combine(per_row.get(row_key(r), []), stage.name) for r in current}
+        decisions = {}
+        for j, r in enumerate(current):
+            await breathe(j)
+            decisions[row_key(r)] = combine(per_row.get(row_key(r), []), stage.name)
         _count_stage(stats, current, per_row, decisions, stage.name)
         final.update(decisions)
         if i + 1 < len(stages):
             escalate = ("flagged", "unparsed", "failed") if s.escalate_unparsed else ("flagged",)
             current = [r for r in current if decisions[row_key(r)].status in escalate]
-    configs, refine_stats = refine(rows, final, s.refine, s.never_edit_subsets)
+    # on a worker thread: the event loop goes on sending the next chunk's calls meanwhile
+    configs, refine_stats = await asyncio.to_thread(refine, rows, final, s.refine, s.never_edit_subsets)
     for subset, counters in refine_stats.items():
         stats[subset].update(counters)
     result.configs = configs

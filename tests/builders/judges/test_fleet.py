@@ -22,7 +22,7 @@ def request(i: int = 0) -> GenerateRequest:
 
 def fleet_of(urls, kinds=None, **config) -> Fleet:
     kinds = kinds or ["tgi"] * len(urls)
-    specs = [EndpointSpec(kind=kind, url=url, model="judge", timeout_s=5.0, concurrency=config.pop("spec_limit", 8))
+    specs = [EndpointSpec(kind=kind, url=url, model="judge", timeout_s=5.0, concurrency=config.pop("spec_limit", None))
              for kind, url in zip(kinds, urls)]
     return Fleet.from_specs(specs, FleetConfig(**{"probe_first_s": 0.05, "probe_max_s": 0.2, **config}))
 
@@ -99,7 +99,7 @@ def test_limits_start_from_info_and_traffic_follows_capacity():
     with Simulator(SimulatorConfig(slots=12, service_s=0.03), SimulatorConfig(slots=3, service_s=0.03),
                    SimulatorConfig(slots=5, service_s=0.03, advertise_info=False)) as sim:
         async def run():
-            fleet = fleet_of(sim.urls, ["tgi", "tgi", "openai"], spec_limit=5)
+            fleet = fleet_of(sim.urls, ["tgi", "tgi", "openai"], default_limit=5)
             answers = await call_many(fleet, 200)
             await fleet.aclose()
             return fleet.stats(), answers
@@ -111,7 +111,8 @@ def test_limits_start_from_info_and_traffic_follows_capacity():
     assert [s.ceiling for s in stats[:2]] == [12.0, 3.0]
     assert [s.overloaded for s in servers[:2]] == [0, 0]  # /info's limit is never exceeded
     assert [s.max_in_flight for s in stats[:2]] == [12, 3]
-    assert stats[2].max_in_flight >= 5  # without /info: from spec.concurrency, probing upwards (AIMD)
+    assert stats[2].max_in_flight >= 5  # stating no limit: from default_limit, probing upwards (slow start)
+    assert [s.limit_source for s in stats] == ["tgi /info max_concurrent_requests"] * 2 + ["none stated: slow start from default_limit"]
     share = [s.succeeded / 200 for s in stats]  # capacity shares: 0.6, 0.15, 0.25
     assert share[0] == pytest.approx(0.6, abs=0.15) and share[1] == pytest.approx(0.15, abs=0.1)
     assert {answer.meta["endpoint"] for answer in answers} == {s.name for s in stats}
@@ -265,3 +266,109 @@ def test_endpoint_that_stops_answering_times_out_and_its_work_moves():
     assert all(isinstance(a, Generation) for a in answers)
     assert hung.failures_by_kind.get("timeout", 0) >= 4 and hung.deaths == 1 and not hung.healthy
     assert alive.succeeded >= 60 - hung.succeeded
+
+
+def test_a_single_endpoint_of_a_recipe_is_a_fleet_with_the_servers_limit_and_the_recipes_cap():
+    """One TGI endpoint in a recipe goes through the fleet: its in-flight limit starts from
+    /info's max_concurrent_requests (not a default of 8); ``concurrency:`` only caps it."""
+    from builders.methods.run import make_judges
+
+    with Simulator(SimulatorConfig(slots=12, service_s=0.02), SimulatorConfig(slots=12, service_s=0.02)) as sim:
+        async def run(spec):
+            fleet = make_judges({"stage1": [spec]}, None)["stage1"]
+            assert isinstance(fleet, Fleet)
+            answers = await call_many(fleet, 120)
+            await fleet.aclose()
+            return fleet.stats()[0], answers
+        free, answers = asyncio.run(run(EndpointSpec(kind="tgi", url=sim.urls[0], model="judge")))
+        capped, _ = asyncio.run(run(EndpointSpec(kind="tgi", url=sim.urls[1], model="judge", concurrency=5)))
+        servers = sim.stats()
+    assert all(isinstance(a, Generation) for a in answers)
+    assert (free.info_limit, free.limit, free.ceiling, free.limit_source) == (12, 12.0, 12.0, "tgi /info max_concurrent_requests")
+    assert free.max_in_flight == 12 == servers[0].max_in_flight
+    assert (capped.info_limit, capped.ceiling, capped.cap) == (12, 5.0, 5)
+    assert capped.max_in_flight == 5 == servers[1].max_in_flight  # the cap, though the server offers 12
+    assert servers[0].overloaded == servers[1].overloaded == 0
+
+
+def test_limits_of_llamacpp_and_sglang_come_from_their_own_routes():
+    from aiohttp import web
+
+    from builders.judges.fleet import probe_limits
+
+    async def run():
+        app = web.Application()
+        app.router.add_get("/props", lambda request: web.json_response({"total_slots": 6, "default_generation_settings": {}}))
+        sglang = web.Application()
+        sglang.router.add_get("/get_server_info", lambda request: web.json_response({"max_running_requests": 48}))
+        found = []
+        for application in (app, sglang, web.Application()):
+            runner = web.AppRunner(application)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - the port the OS chose
+            async with aiohttp.ClientSession() as session:
+                found.append(await probe_limits(session, f"http://127.0.0.1:{port}"))
+            await runner.cleanup()
+        return found
+
+    import aiohttp
+
+    llamacpp, sglang, vllm = asyncio.run(run())
+    assert llamacpp == (6, "llama.cpp /props total_slots", None)
+    assert sglang == (48, "sglang /get_server_info max_running_requests", None)
+    assert vllm == (None, "none stated: slow start from default_limit", None)
+
+
+def test_a_recipe_concurrency_must_be_a_positive_integer():
+    with pytest.raises(ValueError, match="concurrency must be an integer >= 1"):
+        EndpointSpec(kind="tgi", url="http://127.0.0.1:9", concurrency=0)
+
+
+def test_waiting_calls_get_slots_by_priority_then_in_arrival_order():
+    """A streamed build numbers its chunks (``CALL_PRIORITY``): a freed slot goes to the
+    earliest chunk's waiting call, so the next chunk only fills what the current one leaves."""
+    from builders.judges.fleet import CALL_PRIORITY
+
+    with Simulator(SimulatorConfig(slots=1, service_s=0.02)) as sim:
+        async def run():
+            fleet = fleet_of(sim.urls)
+            order = []
+
+            async def one(priority, i):
+                CALL_PRIORITY.set(priority)
+                await fleet.generate(request(i))
+                order.append((priority, i))
+            blocker = asyncio.ensure_future(one(0, -1))
+            await asyncio.sleep(0.005)  # the one slot is taken: the rest wait
+            later = [asyncio.ensure_future(one(1, i)) for i in range(3)]
+            await asyncio.sleep(0.005)
+            earlier = [asyncio.ensure_future(one(0, i)) for i in range(3, 6)]
+            await asyncio.gather(blocker, *later, *earlier)
+            await fleet.aclose()
+            return order
+        order = asyncio.run(run())
+    assert order == [(0, -1), (0, 3), (0, 4), (0, 5), (1, 0), (1, 1), (1, 2)]
+
+
+def test_overlapping_runs_asking_the_same_key_pay_for_it_once(tmp_path):
+    """The next chunk's run may ask a key (an exact duplicate row) while the current chunk's
+    run still waits for its answer: it waits for that answer instead of paying again."""
+    with Simulator(SimulatorConfig(slots=4, service_s=0.05)) as sim:
+        async def run():
+            fleet = fleet_of(sim.urls)
+            with JudgmentStore(tmp_path / "j.sqlite") as store:
+                def annotator():
+                    return Annotator(fleet, store, stage="s", prompt_version="v1", progress=False)
+                first = asyncio.ensure_future(annotator().run([(f"k{i}", request(i)) for i in range(6)]))
+                await asyncio.sleep(0.01)  # k0..k3 are in flight now
+                second = await annotator().run([("k2", request(2)), ("k9", request(9))])
+                first = await first
+            await fleet.aclose()
+            return first, second
+        first, second = asyncio.run(run())
+        served = sim.stats()[0].served
+    assert served == 7  # k0..k5 once each, and k9
+    assert second.outcomes["k2"].cached and second.outcomes["k2"].text == first.outcomes["k2"].text
+    assert (second.ledger.cached, second.ledger.calls) == (1, 1)

@@ -166,3 +166,33 @@ def test_synchronous_mode_is_checked_and_applied(tmp_path):
     with JudgmentStore(tmp_path / "c.sqlite") as store:
         assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL (WAL)
         assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_request_sha_is_the_hash_of_the_requests_fields_as_before():
+    """``request_sha`` lists a GenerateRequest's fields by hand for speed: the hash must stay the
+    one ``asdict`` gave, or every store written before would be asked again."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from builders.judges.endpoints.base import Constraint, GenerateRequest
+    from builders.judges.store import request_sha
+
+    requests = [
+        GenerateRequest(messages=({"role": "system", "content": "é"}, {"role": "user", "content": "q"}),
+                        constraint=Constraint("regex", "a+"), stop=("\n",), seed=None, temperature=0.0),
+        GenerateRequest(messages=({"role": "user", "content": "q"},), constraint=Constraint("json", {"type": "object"})),
+    ]
+    for request in requests:
+        old = hashlib.sha256(json.dumps(asdict(request), sort_keys=True, default=str).encode()).hexdigest()
+        assert request_sha(request) == old
+
+
+def test_get_many_reads_only_the_asked_keys(tmp_path):
+    from builders.judges.store import Judgment, JudgmentStore
+
+    with JudgmentStore(tmp_path / "j.sqlite") as store:
+        for i in range(1200):
+            store.put(Judgment(stage="s", judge_model="m", prompt_version="v", key=f"k{i}", status="ok", text=str(i)))
+        found = store.get_many("s", "m", "v", [f"k{i}" for i in range(0, 1200, 2)] + ["missing"])
+    assert len(found) == 600 and found["k1198"].text == "1198" and "missing" not in found

@@ -157,3 +157,17 @@ def test_one_backend_serves_several_event_loops(tgi_stand_in, transport):
 def test_unknown_transport_is_refused():
     with pytest.raises(ValueError, match="transport"):
         make_backend(EndpointSpec(kind="tgi", url="http://127.0.0.1:9", transport="requests"))
+
+
+@pytest.mark.parametrize("header", [True, False], ids=["x-prompt-tokens", "tokenize"])
+def test_prompt_tokens_come_from_the_header_else_from_tokenize(tgi_stand_in, header):
+    """Without a ``tokenizer:`` the ledger still counts prompt tokens: TGI's x-prompt-tokens
+    header, or (a proxy that drops it) a POST /tokenize of the prompt; the source is recorded."""
+    server = tgi_stand_in(lambda request: "yes", prompt_tokens_header=header)
+    backend = make_backend(EndpointSpec(kind="tgi", url=server.url, model="judge-x"))
+    out = call(backend, lambda: backend.generate(GenerateRequest(messages=MESSAGES, max_new_tokens=2)))
+    sent = server.requests[0].body["inputs"]
+    assert out.prompt_tokens == 1 + len(tokenize(sent))  # the same count either way (BOS included)
+    assert out.meta["prompt_tokens_source"] == ("x-prompt-tokens" if header else "/tokenize")
+    tokenized = [r for r in server.requests + server.reads if r.path == "/tokenize"]
+    assert len(tokenized) == (0 if header else 1)
