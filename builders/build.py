@@ -28,7 +28,7 @@ from builders.rows import QueryRow
 from builders.sources.readers import read_sources
 from builders.sources.shard_rows import Shard, select_records
 from builders.sources.validate import ValidationReport, validate
-from builders.streaming import ConfigSpool, ResultAccumulator, add_judge_runs, add_ledger, chunks
+from builders.streaming import ConfigSpool, ResultAccumulator, add_judge_runs, add_ledger, chunks, limit_malloc_arenas
 from cards.dataset_card import DatasetCardInfo, write_dataset_card
 
 
@@ -117,6 +117,7 @@ async def _judge_chunks(recipe: Recipe, rows, spool: ConfigSpool, progress: bool
     from builders.judges.fleet import CALL_PRIORITY
     from builders.judges.store import JudgmentStore
 
+    limit_malloc_arenas()  # before the look-ahead's threads allocate: flat memory
     judges = backends or make_judges(judge_plan(recipe), recipe.fleet)
     clocks = StageClocks()
     STAGE_CLOCKS.set(clocks)  # this task's context: the stages' wall times, overlapping runs counted once

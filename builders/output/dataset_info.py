@@ -53,6 +53,9 @@ def config_files(folder: Path, entry: dict) -> dict[str, list[Path]]:
     return out
 
 
+_UNBUFFERED = pads.ParquetFileFormat(default_fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False))
+
+
 def arrow_nbytes(path: Path) -> int:
     """The Arrow bytes of one parquet file as ``load_dataset`` holds it, which ``push_to_hub`` writes
     as ``num_bytes`` (``Dataset._estimate_nbytes``: the table's ``nbytes``). The ParquetBuilder reads
@@ -62,9 +65,10 @@ def arrow_nbytes(path: Path) -> int:
     which adds up over slices). The IPC round trip matters: it drops the validity bitmaps the
     parquet reader allocates for columns without nulls (the count ``datasets`` records while it
     prepares, ``ds.info.splits[...].num_bytes``, keeps them: a few bytes more per int column and
-    batch). One batch at a time: memory stays flat."""
+    batch). One batch at a time, with ``pre_buffer`` off (its default, on, caches the whole file:
+    at 100K BGE rows that was +600 MiB of peak RSS): memory stays flat."""
     with open(path, "rb") as f:
-        fragment = pads.ParquetFileFormat().make_fragment(f)
+        fragment = _UNBUFFERED.make_fragment(f)
         if not fragment.row_groups:
             return 0
         batches = fragment.to_batches(batch_size=fragment.row_groups[0].num_rows, batch_readahead=0, fragment_readahead=0)
