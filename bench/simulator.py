@@ -342,7 +342,7 @@ class Simulator:
     def url(self) -> str:
         return self.urls[0]
 
-    def start(self) -> "Simulator":
+    def start(self) -> Simulator:
         self._thread = threading.Thread(target=self._run, name="judge-simulator", daemon=True)
         self._thread.start()
         if not self._ready.wait(30):
@@ -369,7 +369,7 @@ class Simulator:
         self._ready.set()
         try:
             await asyncio.wait_for(self._done.wait(), self.lifetime_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         for endpoint in self.endpoints:
             endpoint.killed = False
@@ -397,7 +397,7 @@ class Simulator:
         self._thread.join(15)
         self._thread = None
 
-    def __enter__(self) -> "Simulator":
+    def __enter__(self) -> Simulator:
         return self.start()
 
     def __exit__(self, *exc) -> None:

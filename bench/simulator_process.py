@@ -51,7 +51,7 @@ class SimulatorProcess:
         self._process = None
         self._connection = None
 
-    def start(self) -> "SimulatorProcess":
+    def start(self) -> SimulatorProcess:
         context = multiprocessing.get_context("spawn")
         self._connection, child = context.Pipe()
         configs = [json.loads(json.dumps(asdict(c))) for c in self.configs]
@@ -95,7 +95,7 @@ class SimulatorProcess:
             self._process.join(5)
         self._process = None
 
-    def __enter__(self) -> "SimulatorProcess":
+    def __enter__(self) -> SimulatorProcess:
         return self.start()
 
     def __exit__(self, *exc) -> None:

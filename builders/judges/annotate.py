@@ -38,9 +38,9 @@ import gc
 import random
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Callable, Iterable
 
 from tqdm.auto import tqdm
 
@@ -170,7 +170,7 @@ class Ledger:
             "wall_s": round(self.wall_s, 3), "prompt_token_sources": dict(self.prompt_token_sources),
         }
 
-    def add(self, other: "Ledger") -> None:
+    def add(self, other: Ledger) -> None:
         """Add a run that came after this one (wall times add up): the stages that ask in
         groups (ARHN, by how many entries an answer must cover) sum their groups' ledgers."""
         for name in ("items", "cached", "calls", "ok", "unparseable", "failed", "parse_retries", "prompt_tokens",
@@ -432,7 +432,7 @@ async def call_with_retries(call, retry: RetryPolicy, rng: random.Random, ledger
                 answer = await asyncio.wait_for(call(), retry.attempt_timeout_s)
             else:
                 answer = await call()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             error = EndpointError("timeout", f"no answer within attempt_timeout_s={retry.attempt_timeout_s}")
         except EndpointError as caught:
             error = caught

@@ -97,7 +97,7 @@ class Fleet(Backend):
         return "+".join(sorted({m.backend.kind for m in self.members}))
 
     @classmethod
-    def from_specs(cls, specs: list[EndpointSpec], config: FleetConfig | None = None) -> "Fleet":
+    def from_specs(cls, specs: list[EndpointSpec], config: FleetConfig | None = None) -> Fleet:
         """A fleet of the recipe's endpoints for one judge (``spec.concurrency``: the endpoint's cap)."""
         endpoints = [FleetEndpoint(make_backend(spec), url=spec.url, cap=spec.concurrency) for spec in specs]
         return cls(endpoints, config, model_id=specs[0].model_id if specs else None)
@@ -180,7 +180,7 @@ class Fleet(Backend):
         """Limits from ``/info`` at start; an endpoint that does not answer starts dead."""
         try:
             offered = await self._read_info_fields(member)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
             self._set_limits(member, None)
             self._mark_dead(member, EndpointError("connection", f"GET {member.url}/info: {error!r}"))
             return
@@ -428,7 +428,7 @@ class Fleet(Backend):
                 continue
             try:
                 self._set_limits(member, await self._read_info_fields(member))
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            except (TimeoutError, aiohttp.ClientError, OSError):
                 continue
             member.threshold = member.stats.limit  # slow start back up to what the server (or the default) says
             member.stats.limit = min(float(member.default_limit), member.stats.ceiling)

@@ -179,6 +179,6 @@ async def probe_health(session: aiohttp.ClientSession, url: str) -> bool:
                     return True
                 if response.status != 404:
                     return False
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             return False
     return False

@@ -29,8 +29,8 @@ tokens}}``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Callable, Iterable
 
 from builders.judges.fleet import EndpointStats
 
@@ -78,7 +78,7 @@ class LedgerRow:
     lost: int = 0
     wall_s: float = 0.0
 
-    def add(self, other: "LedgerRow") -> None:
+    def add(self, other: LedgerRow) -> None:
         for name in ("requests", "answered", "prompt_tokens", "completion_tokens", "retries", "failures", "lost"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
@@ -161,7 +161,7 @@ class CostLedger:
 
     # --- dry run ----------------------------------------------------------------------------
     @classmethod
-    def estimate(cls, plans: Iterable[StagePlan], prices: dict[str, Price] | None = None) -> "CostLedger":
+    def estimate(cls, plans: Iterable[StagePlan], prices: dict[str, Price] | None = None) -> CostLedger:
         """The same rows before any call: requests = share x prompts, tokens = share x the counted
         prompt tokens and requests x the expected completion length, no retries or failures."""
         ledger = cls(prices=dict(prices or {}), estimated=True)

@@ -40,8 +40,8 @@ request), so a resumed run rebuilds exactly the requests it stored.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Iterable, Sequence
 
 from builders.judges.endpoints.base import Backend, EndpointError
 from builders.judges.endpoints.chat import render_chat_prompt

@@ -40,9 +40,10 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal
 
 from builders.judges.endpoints.base import GenerateRequest
 
@@ -190,7 +191,7 @@ class JudgmentStore:
         self._check_writable()
         _write(self._conn, [judgment])
 
-    def group_writer(self, *, max_delay_s: float = 0.05, max_rows: int = 256) -> "GroupWriter":
+    def group_writer(self, *, max_delay_s: float = 0.05, max_rows: int = 256) -> GroupWriter:
         """A group-commit writer for many results from an event loop (see the module docstring)."""
         self._check_writable()
         return GroupWriter(self.path, self.synchronous, max_delay_s=max_delay_s, max_rows=max_rows)
@@ -263,7 +264,7 @@ class JudgmentStore:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> "JudgmentStore":
+    def __enter__(self) -> JudgmentStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -296,7 +297,7 @@ class GroupWriter:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
-    async def __aenter__(self) -> "GroupWriter":
+    async def __aenter__(self) -> GroupWriter:
         self.start()
         return self
 

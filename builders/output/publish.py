@@ -24,7 +24,7 @@ import json
 import logging
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -231,7 +231,7 @@ def push_dataset(
     stale = [p for paths in config_files(configs, on_hub).values() for p in paths if p not in files]
 
     remote_card = read_remote_text(api, repo_id, "dataset", "README.md", head) if "README.md" in on_hub else None
-    entry = changelog_entry(version, report, counts, datetime.now(timezone.utc))
+    entry = changelog_entry(version, report, counts, datetime.now(UTC))
     card = merge_changelog(readme.read_text(encoding="utf-8"), remote_card, entry)
     upload: dict[str, Path | bytes] = {**files, "README.md": card.encode("utf-8")}
     assert_no_token({"README.md": upload["README.md"]}, token)  # the merged card, too

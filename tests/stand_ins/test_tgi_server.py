@@ -2,7 +2,6 @@
 
 import http.client
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -56,7 +55,7 @@ def test_drop_delay_and_garbage(tgi_stand_in):
     try:
         post(server.url + "/generate", {"inputs": "a"}, timeout=0.3)
         raise AssertionError("should time out")
-    except (TimeoutError, socket.timeout, urllib.error.URLError):
+    except (TimeoutError, urllib.error.URLError):
         assert time.monotonic() - started < 1.5
     assert post(server.url + "/generate", {"inputs": "a"})[1]["generated_text"] == "#!garbage"
 

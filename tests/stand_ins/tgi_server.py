@@ -32,8 +32,8 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 
 from tests.stand_ins.openai_routes import OpenAIRoutes
 from tests.stand_ins.tgi_protocol import (  # noqa: F401 - re-exported for tests
@@ -107,7 +107,7 @@ class TGIStandIn:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def start(self) -> "TGIStandIn":
+    def start(self) -> TGIStandIn:
         stand_in = self
 
         class Handler(_Handler):
@@ -135,7 +135,7 @@ class TGIStandIn:
         self._thread.join(timeout=5)
         self._server = None
 
-    def __enter__(self) -> "TGIStandIn":
+    def __enter__(self) -> TGIStandIn:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -86,7 +86,7 @@ class HttpClient:
                 raw = await response.read()
                 status, reason = response.status, response.reason
                 headers = {key.lower(): value for key, value in response.headers.items()}
-        except asyncio.TimeoutError as error:
+        except TimeoutError as error:
             raise EndpointError("timeout", f"no answer from {url} within {timeout_s or self.timeout_s} s") from error
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as error:
             raise EndpointError("connection", f"{type(error).__name__} talking to {url}: {error}") from error

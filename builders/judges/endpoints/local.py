@@ -19,8 +19,8 @@ import asyncio
 import functools
 import importlib.util
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -125,7 +125,7 @@ class LocalBackend(Backend):
             torch.set_num_threads(threads)
 
     @classmethod
-    def from_spec(cls, spec: EndpointSpec, threads: int | None = None) -> "LocalBackend":
+    def from_spec(cls, spec: EndpointSpec, threads: int | None = None) -> LocalBackend:
         device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
         if spec.dtype is not None and spec.dtype not in DTYPES:
             raise ValueError(f"endpoint dtype {spec.dtype!r} is not one of {sorted(DTYPES)}")

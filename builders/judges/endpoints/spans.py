@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Sequence
+from collections.abc import Sequence
 
 THREAD_CHARS = 20_000  # a batch with more characters than this is tokenized on a worker thread
 

@@ -34,8 +34,8 @@ This module runs the stages; the pieces live beside it and are re-exported here:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pyarrow as pa
 

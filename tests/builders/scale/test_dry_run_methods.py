@@ -146,8 +146,8 @@ def test_clear_dry_run_with_dataset_answers_counts_score_tokens_exactly(tmp_path
     """Answers from a dataset column: no answer stage, and the score prompts (with their answer
     continuation) are counted exactly as the stand-in counts them."""
     from builders.judges.endpoints import make_backend
-    from builders.methods.clear.stages import run
     from builders.methods.clear.dry_run import plans as clear_plans
+    from builders.methods.clear.stages import run
     from builders.recipe import judge_plan
     from builders.rows import Passage, QueryRow
 
