@@ -92,6 +92,20 @@ def resume_cfg(model: Path, refined: Path, out: Path, save_steps: int, *extra: s
                         *extra])
 
 
+def crash_after_first_checkpoint(monkeypatch, cfg) -> None:
+    """Train ``cfg`` until its first checkpoint is saved, then die there (a simulated preemption)."""
+    real_save = loop.save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise Crash("simulated preemption after the first checkpoint")
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
+    with pytest.raises(Crash):
+        embedder_trainer.train(cfg)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+
+
 # save_steps 5: the checkpoint is the end of epoch 0 (resume starts epoch 1 on a fresh loader);
 # save_steps 6: the checkpoint is inside epoch 1 (resume skips one batch of epoch 1). Both failed
 # when the trainer set the dataset's epoch itself: accelerate's loader reset it to its own pass
@@ -106,16 +120,7 @@ def test_resume_from_last_checkpoint_matches_uninterrupted_run(refined, uninterr
         return resume_cfg(model, refined, out, save_steps)
 
 
-    real_save = loop.save_checkpoint
-
-    def save_then_crash(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise Crash("simulated preemption after the step-2 checkpoint")
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
-    with pytest.raises(Crash):
-        embedder_trainer.train(cfg(tmp_path / "resumed"))
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    crash_after_first_checkpoint(monkeypatch, cfg(tmp_path / "resumed"))
     assert (tmp_path / "resumed" / "checkpoints" / f"step-{save_steps}").is_dir()
     resumed = embedder_trainer.train(cfg(tmp_path / "resumed"))
 
@@ -137,16 +142,7 @@ def test_resume_with_gradient_accumulation_matches_uninterrupted_run(refined, un
     model, _ = uninterrupted
     extra = ("--gradient_accumulation_steps", "2", "--max_steps", "5")
     whole = embedder_trainer.train(resume_cfg(model, refined, tmp_path / "whole", 0, *extra))
-    real_save = loop.save_checkpoint
-
-    def save_then_crash(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise Crash("simulated preemption after the step-2 checkpoint")
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_crash)
-    with pytest.raises(Crash):
-        embedder_trainer.train(resume_cfg(model, refined, tmp_path / "resumed", 2, *extra))
-    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    crash_after_first_checkpoint(monkeypatch, resume_cfg(model, refined, tmp_path / "resumed", 2, *extra))
     state = json.loads((tmp_path / "resumed" / "checkpoints" / "step-2" / loop.STATE_FILE).read_text())
     assert state == {"step": 2, "epoch": 0, "step_in_epoch": 4}
     resumed = embedder_trainer.train(resume_cfg(model, refined, tmp_path / "resumed", 2, *extra))
