@@ -250,15 +250,18 @@ class Annotator:
             return asyncio.run(self.run(items))
         raise RuntimeError("Annotator.run_sync was called inside a running event loop; use `await annotator.run(items)`")
 
-    async def run(self, items: Iterable[tuple[str, Request]]) -> AnnotationResult:
+    async def run(self, items: Iterable[tuple[str, Request]],
+                  on_outcome: Callable[[Outcome], None] | None = None) -> AnnotationResult:
         """``items``: ``(key, request)``, the request a ``GenerateRequest`` or a zero-argument
         callable that makes one: it is called when a worker takes the item (or, for a key the
         store holds, to compare hashes), so a long prompt is rendered just before it is sent
-        and not all up front."""
+        and not all up front. ``on_outcome(outcome)``: called for each key as soon as its
+        outcome is final (read from the store, or its answer committed), in completion order:
+        what lets a cascade send stage 2 while stage 1 is still asking."""
         with stage_clock(self.stage):
-            return await self._run(items)
+            return await self._run(items, on_outcome or (lambda outcome: None))
 
-    async def _run(self, items: Iterable[tuple[str, Request]]) -> AnnotationResult:
+    async def _run(self, items: Iterable[tuple[str, Request]], on_outcome: Callable[[Outcome], None]) -> AnnotationResult:
         started = time.monotonic()
         items = list(items)
         keys = [key for key, _ in items]
@@ -281,6 +284,7 @@ class Annotator:
             if stored is not None and stored.is_final and stored.request_sha == sha:
                 outcomes[key] = Outcome(key, stored.status, stored.text, stored, cached=True)
                 ledger.cached += 1
+                on_outcome(outcomes[key])
             else:
                 todo.append((key, request, sha))
 
@@ -298,6 +302,7 @@ class Annotator:
                 return
             self._stop_asking(key, judgment)
             outcomes[key] = Outcome(key, judgment.status, judgment.text, judgment, cached=False)
+            on_outcome(outcomes[key])
             committed.failed += judgment.status == "failed"
             committed.unparseable += judgment.status == "unparseable"
             bar.update(1)
@@ -324,6 +329,7 @@ class Annotator:
                     if answer is not None and answer.is_final and answer.request_sha == sha:
                         outcomes[key] = Outcome(key, answer.status, answer.text, answer, cached=True)
                         ledger.cached += 1
+                        on_outcome(outcomes[key])
                         bar.update(1)
                         continue
                 self.store.asking[self._ident(key)] = asyncio.get_running_loop().create_future()

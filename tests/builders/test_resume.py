@@ -34,10 +34,12 @@ def _stored(path: Path, stage: str) -> int:
         return 0
 
 
-@pytest.mark.parametrize("chunk_rows", [None, 4], ids=["one-chunk", "look-ahead"])
-def test_sigkill_mid_stage_then_rerun_is_identical_and_pays_nothing_twice(tgi_stand_in, tmp_path, monkeypatch, chunk_rows):
+@pytest.mark.parametrize(("chunk_rows", "kill_at_stage2"), [(None, 0), (4, 0), (None, 3)], ids=["one-chunk", "look-ahead", "stages-overlap"])
+def test_sigkill_mid_stage_then_rerun_is_identical_and_pays_nothing_twice(tgi_stand_in, tmp_path, monkeypatch, chunk_rows, kill_at_stage2):
     """``look-ahead``: 4-row chunks, so the kill falls while one chunk is written and the next
-    one's calls are in flight; the rerun still asks only what was never answered."""
+    one's calls are in flight; ``stages-overlap``: the kill falls once stage 2 (asked while stage 1
+    still asks) has stored answers, with stage 1 unfinished. The rerun asks only what was never
+    answered, in either stage."""
     servers, _ = stages_for(tgi_stand_in, subsets=("fiqa",))
     servers[0].delay_s = 0.15  # slow enough to kill in the middle of stage 1
     recipe = replay_recipe_dict(servers[0].url, servers[1].url)
@@ -54,7 +56,7 @@ def test_sigkill_mid_stage_then_rerun_is_identical_and_pays_nothing_twice(tgi_st
     proc = subprocess.Popen([sys.executable, "-m", "builders.cli", "recipe.yaml", "--no-progress"], cwd=tmp_path / "killed", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
-        while _stored(store, "rlhn/stage1") < 8:
+        while _stored(store, "rlhn/stage1") < 8 or _stored(store, "rlhn/stage2") < kill_at_stage2:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "the build never got going"
             time.sleep(0.05)
@@ -65,9 +67,10 @@ def test_sigkill_mid_stage_then_rerun_is_identical_and_pays_nothing_twice(tgi_st
             proc.kill()
             proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    stored_at_kill = _stored(store, "rlhn/stage1")
-    asked_before = len(servers[0].requests)
+    stored_at_kill, stage2_at_kill = _stored(store, "rlhn/stage1"), _stored(store, "rlhn/stage2")
+    asked_before, asked_before2 = len(servers[0].requests), len(servers[1].requests)
     assert 8 <= stored_at_kill < 25 and not (tmp_path / "killed" / "out" / "README.md").exists()
+    assert stage2_at_kill >= kill_at_stage2
 
     servers[0].delay_s = 0.0
     monkeypatch.chdir(tmp_path / "killed")
@@ -76,6 +79,7 @@ def test_sigkill_mid_stage_then_rerun_is_identical_and_pays_nothing_twice(tgi_st
     assert resumed_calls == 25 - stored_at_kill  # only the never-answered windows are asked
     ledger = next(iter(report["judge_runs"]["stage1"].values()))
     assert ledger["cached"] == stored_at_kill and ledger["calls"] == resumed_calls
+    assert len(servers[1].requests) - asked_before2 == 17 - stage2_at_kill  # stage 2 too: nothing asked twice
 
     before_clean = len(servers[0].requests), len(servers[1].requests)
     monkeypatch.chdir(tmp_path / "clean")

@@ -115,7 +115,8 @@ def test_llamacpp_rlhn_stage1_with_grammar_constrained_verdicts(llama_server, tm
     from builders.judges.endpoints import make_backend
     from builders.judges.endpoints.spec import EndpointSpec
     from builders.judges.store import JudgmentStore
-    from builders.methods.rlhn.cascade import RlhnSettings, Stage, run_rlhn_sync
+    from builders.methods.rlhn.cascade import run_rlhn_sync
+    from builders.methods.rlhn.stage import RlhnSettings, Stage
     from builders.sources.readers import SourceConfig, read_source
     from builders.sources.validate import validate
 

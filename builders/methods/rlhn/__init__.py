@@ -1,14 +1,15 @@
 """RLHN: a cheap judge on every query, a strong judge on what it flags, then the refined configs
-(``cascade.py`` judges, ``verdict.py`` parses, ``refine.py`` writes the techniques). Below: the
-names every method exposes (``builders.methods.base``)."""
+(``cascade.py`` runs the stages, ``stage.py`` is one stage, ``verdict.py`` parses, ``refine.py``
+writes the techniques). Below: the names every method exposes (``builders.methods.base``)."""
 
 from __future__ import annotations
 
 from builders.judges.ledger import StagePlan
 from builders.methods.base import MethodResult, ledger_of
 from builders.methods.rlhn import dry_run as rlhn_dry_run
-from builders.methods.rlhn.cascade import RlhnSettings, Stage, run_rlhn
+from builders.methods.rlhn.cascade import run_rlhn
 from builders.methods.rlhn.refine import TECHNIQUES
+from builders.methods.rlhn.stage import RlhnSettings, Stage
 from builders.output.writers import judgments_table as rlhn_judgments_table
 from builders.rows import QueryRow
 

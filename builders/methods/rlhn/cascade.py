@@ -11,6 +11,10 @@ Long negative lists can be judged in windows of ``negatives_per_prompt`` (each w
 from ``Doc (1)`` again and mapped back to stored positions); ``max_prompts_per_query`` caps the
 windows (the rest of the negatives stay as they are, counted as ``negatives_not_judged``).
 
+When stage 2 is another remote judge, it runs while stage 1 still asks (``judge_overlapped``):
+a row goes to stage 2 as soon as stage 1 escalates it; the result is that of the stages one after
+the other. One stage's prompts, windows and runner are in ``builders.methods.rlhn.stage``.
+
 Every call goes through ``builders.judges.annotate.Annotator`` (durable store, retries, parse-retries,
 no call paid twice). A verdict that cannot be parsed is never "no false negative": the query
 is marked ``unparsed`` and counted.
@@ -19,294 +23,151 @@ is marked ``unparsed`` and counted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections import defaultdict
-from dataclasses import dataclass, field
-from functools import partial
-from typing import Literal
 
-from builders.judges.endpoints.base import Backend, Constraint, GenerateRequest
-from builders.judges.shorten import PromptFitter, too_long_message
-from builders.methods.base import JudgeInfo, MethodResult, judge_kind, never_edits, subsets_tuple
-from builders.methods.rlhn.refine import Decision, RefineSettings, refine, row_key
-from builders.methods.rlhn.verdict import ParseFailure, Verdict, parse_verdict, verdict_regex
-from builders.rows import Passage, QueryRow, md5
-
-SYSTEM = (
-    "You check search training data. You read a query, the passage(s) labelled as its answer, "
-    "and candidate passages that were labelled as NOT answering it, and you find the candidates "
-    "that were labelled wrongly."
+from builders.methods.base import JudgeInfo, MethodResult, judge_kind, never_edits
+from builders.methods.rlhn.refine import Decision, refine, row_key
+from builders.methods.rlhn.stage import (
+    RlhnSettings,
+    Stage,
+    Window,
+    breathe,
+    combine,
+    judge_stage,
+    prompt_version,
+    variant_of,
+    windows_of,
 )
+from builders.methods.rlhn.verdict import ParseFailure
+from builders.rows import QueryRow
 
-PROMPT = """Query: {query}
+# ---------------------------------------------------------------------------- stage 2 while stage 1 asks
 
-Ground truth (passages known to answer the query):
-{positives}
-
-Candidates (labelled as not answering the query):
-{negatives}
-
-Go through the candidates one at a time. Inside <thinking> … </thinking> write a short note per candidate on whether it actually answers the query. Then close with exactly one verdict in this form:
-<verdict><better> [Doc (i), …] </better>, <worse> [Doc (j), …] </worse></verdict>
-- <better>: candidates that answer the query as well as the ground truth or better.
-- <worse>: candidates that are relevant and partly answer the query, but less well than the ground truth.
-- A candidate that does not answer the query goes in neither list. Write [] for an empty list."""
-
-PROMPT_SCIDOCSRR = """Paper title (the query): {query}
-
-Ground truth (papers known to be related to it, e.g. cited by it):
-{positives}
-
-Candidates (labelled as NOT related):
-{negatives}
-
-Go through the candidates one at a time. Inside <thinking> … </thinking> write a short note per candidate on whether it is as closely related to the titled paper as the ground truth papers (same problem, method or finding — not merely the same broad field). Then close with exactly one verdict in this form:
-<verdict><better> [Doc (i), …] </better>, <worse> [Doc (j), …] </worse></verdict>
-- <better>: candidates at least as closely related as the ground truth.
-- <worse>: candidates that are related, but less closely than the ground truth.
-- A candidate that is not related goes in neither list. Write [] for an empty list."""
+STAGE2_BATCH_ROWS = 32  # escalated rows that start a stage-2 run at once
+STAGE2_LINGER_S = 0.25  # else the rows waiting this long start one
 
 
-def prompt_version(variant: str) -> str:
-    text = SYSTEM + (PROMPT_SCIDOCSRR if variant == "scidocsrr" else PROMPT)
-    return f"rlhn-{variant}-v1-{md5(text)[:8]}"
+def overlaps(stages: list[Stage], s: RlhnSettings) -> bool:
+    """Whether stage 2 is asked while stage 1 still is: ``overlap_stages`` on and stage 2 a remote
+    judge of its own (a ``Fleet`` queues every run's calls for its endpoints' slots, so several
+    runs at once never exceed the servers' limits). On the same backend there is nothing to gain
+    (the two stages share its slots) and the stages run one after the other."""
+    from builders.judges.fleet import Fleet
+
+    return s.overlap_stages and isinstance(stages[1].backend, Fleet) and stages[1].backend is not stages[0].backend
 
 
-@dataclass
-class RlhnSettings:
-    negatives_per_prompt: int | None = None  # None: all negatives in one prompt (the paper)
-    max_prompts_per_query: int | None = None  # None: every window is judged
-    max_passage_words: int | None = None  # truncate passages in the prompt (None: full text)
-    escalate_unparsed: bool = True  # stage 2 also judges queries stage 1 could not judge
-    constrained: Literal["auto", "off"] = "auto"  # regex-constrained verdicts where the backend supports it
-    reason_max_chars: int = 400  # cap on the reasoning under constrained decoding
-    max_new_tokens: int = 2048
-    temperature: float = 0.1
-    parse_retries: int = 1  # extra calls when the answer does not parse
-    concurrency: int | None = None  # None: the endpoint's own setting
-    scidocsrr_subsets: list[str] = field(default_factory=lambda: ["scidocsrr"])
-    never_edit_subsets: tuple[str, ...] = ("arguana",)  # not judged, copied unchanged (``never_edits``)
-    refine: RefineSettings = field(default_factory=RefineSettings)
-
-    def __post_init__(self):
-        if self.constrained not in ("auto", "off"):
-            hint = " ('never' is now spelled 'off', as for arhn.constrained)" if self.constrained == "never" else ""
-            raise ValueError(f"rlhn.constrained must be 'auto' or 'off', got {self.constrained!r}{hint}")
-        self.never_edit_subsets = subsets_tuple(self.never_edit_subsets)
-
-    def judges_row(self, row: QueryRow) -> bool:
-        """Whether the cascade asks a judge about ``row``: it has negatives and may be edited."""
-        return bool(row.negative_passages) and not never_edits(row.subset, self.never_edit_subsets)
+def _merge_ledgers(runs: list[dict[str, dict]], wall_s: float) -> dict[str, dict]:
+    """Stage 2's ledgers by group over its runs (summed; ``wall_s``: the span from the first run's
+    start to the last one's end, the runs overlap)."""
+    merged: dict[str, dict] = {}
+    for ledgers in runs:
+        for group, led in ledgers.items():
+            if group not in merged:
+                merged[group] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in led.items()}
+                continue
+            into = merged[group]
+            for k, v in led.items():
+                if isinstance(v, dict):
+                    for kind, n in v.items():
+                        into[k][kind] = into[k].get(kind, 0) + n
+                elif k != "wall_s":
+                    into[k] += v
+    for led in merged.values():
+        led["wall_s"] = round(wall_s, 3)
+    return merged
 
 
-@dataclass
-class Window:
-    """One prompt's worth of negatives of one row."""
+async def judge_overlapped(stages: list[Stage], to_judge: list[QueryRow], s: RlhnSettings, store, escalate: tuple[str, ...],
+                           retry=None, progress: bool = True) -> list[tuple[dict, list[dict], dict]]:
+    """Both stages of the cascade at once: a row goes to stage 2 as soon as all its stage-1
+    windows are answered and their decision escalates it (``escalate``), in runs of up to
+    ``STAGE2_BATCH_ROWS`` rows (or whatever waited ``STAGE2_LINGER_S``), while stage 1 goes on.
+    -> ``judge_stage``'s result for each stage, exactly what the stages one after the other give:
+    the escalated rows, the answers and their store keys are the same, only the order in which
+    the calls go out differs; per-row results and judgment rows are put back in row order. A
+    killed build resumes from the store as before (both stages' answers are committed as they
+    arrive; a resumed stage 1 reads its answers back and escalates the same rows)."""
+    from tqdm.auto import tqdm
 
-    row: QueryRow
-    start: int  # 0-based position of the window's first negative in the row
-    negatives: tuple[Passage, ...]
+    first, second = stages
+    representative: dict[str, QueryRow] = {}
+    waiting: dict[str, int] = {}  # row key -> stage-1 windows not answered yet
+    for row in to_judge:
+        if row_key(row) not in representative:
+            representative[row_key(row)] = row
+            waiting[row_key(row)] = len(windows_of(row, s))
+    answered: dict[str, list] = defaultdict(list)
+    queue: list[QueryRow] = []
+    queued_at = [0.0]
+    wake = asyncio.Event()
+    first_done = [False]
+    bar = tqdm(total=0, desc=f"rlhn/{second.name} [{second.backend.model_id}]", unit="q", disable=not progress, dynamic_ncols=True)
 
-    @property
-    def key(self) -> str:
-        """Store key: the row and exactly what the judge is shown."""
-        ids = ",".join(p.docid for p in self.row.positive_passages) + "|" + ",".join(p.docid for p in self.negatives)
-        return f"{self.row.subset}/{self.row.query_id}/{self.start}/{md5(ids)[:12]}"
+    def stage1_window(window: Window, verdict, outcome) -> None:
+        key = row_key(window.row)
+        answered[key].append((window, verdict, outcome))
+        waiting[key] -= 1
+        if waiting[key]:
+            return
+        entries = sorted(answered.pop(key), key=lambda e: e[0].start)
+        if combine(entries, first.name).status in escalate:
+            if not queue:
+                queued_at[0] = time.monotonic()
+            queue.append(representative[key])
+            bar.total += len(windows_of(representative[key], s))
+            bar.refresh()
+            if len(queue) in (1, STAGE2_BATCH_ROWS):  # the first one starts the linger; a full batch goes at once
+                wake.set()
 
+    def stage2_window(window: Window, verdict, outcome) -> None:
+        bar.update(1)
 
-def _clip(text: str, max_words: int | None) -> str:
-    text = " ".join(text.split())
-    if max_words is None:
-        return text
-    words = text.split(" ")
-    return text if len(words) <= max_words else " ".join(words[:max_words]) + " …"
+    runs: list[asyncio.Task] = []
+    started = time.monotonic()
 
+    async def feed() -> None:
+        while True:
+            wake.clear()
+            lingered = time.monotonic() - queued_at[0] >= STAGE2_LINGER_S
+            if queue and (first_done[0] or len(queue) >= STAGE2_BATCH_ROWS or lingered):
+                batch = queue[:]
+                queue.clear()
+                runs.append(asyncio.create_task(judge_stage(second, batch, s, store, retry, False, stage2_window)))
+                continue
+            if first_done[0]:
+                return
+            timeout = STAGE2_LINGER_S - (time.monotonic() - queued_at[0]) if queue else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout)
 
-def variant_of(row: QueryRow, s: RlhnSettings) -> str:
-    return "scidocsrr" if row.subset in s.scidocsrr_subsets else "default"
-
-
-def shown_negatives(window: Window, s: RlhnSettings) -> tuple[str, ...]:
-    """The negatives' text as the prompt shows it (whitespace collapsed, ``max_passage_words``)."""
-    return tuple(_clip(p.full_text, s.max_passage_words) for p in window.negatives)
-
-
-def render_messages(window: Window, s: RlhnSettings, negatives: tuple[str, ...] | None = None) -> tuple[dict, ...]:
-    """The prompt of ``window``; ``negatives``: their text as shown (default ``shown_negatives``;
-    ``builders.judges.shorten`` passes them cut to fit the judge), inserted verbatim."""
-    template = PROMPT_SCIDOCSRR if variant_of(window.row, s) == "scidocsrr" else PROMPT
-    positives = "\n".join(f"Ground truth ({i}): {_clip(p.full_text, s.max_passage_words)}" for i, p in enumerate(window.row.positive_passages, 1))
-    shown = shown_negatives(window, s) if negatives is None else negatives
-    negatives = "\n".join(f"Doc ({i}): {text}" for i, text in enumerate(shown, 1))
-    user = template.format(query=" ".join(window.row.query.split()), positives=positives, negatives=negatives)
-    return ({"role": "system", "content": SYSTEM}, {"role": "user", "content": user})
-
-
-def windows_of(row: QueryRow, s: RlhnSettings) -> list[Window]:
-    negs = row.negative_passages
-    if not negs:
-        return []
-    size = s.negatives_per_prompt or len(negs)
-    out = [Window(row, i, negs[i : i + size]) for i in range(0, len(negs), size)]
-    return out if s.max_prompts_per_query is None else out[: s.max_prompts_per_query]
-
-
-def make_request(window: Window, backend: Backend, s: RlhnSettings, negatives: tuple[str, ...] | None = None) -> GenerateRequest:
-    constraint = None
-    if s.constrained == "auto" and "regex" in backend.supports_constraint:
-        constraint = Constraint(kind="regex", value=verdict_regex(len(window.negatives), s.reason_max_chars))
-    return GenerateRequest(
-        messages=render_messages(window, s, negatives),
-        max_new_tokens=s.max_new_tokens,
-        temperature=s.temperature,
-        seed=0,
-        constraint=constraint,
-    )
-
-
-YIELD_EVERY = 64  # rows or windows handled between two turns of the event loop
-
-
-async def breathe(i: int) -> None:
-    """Let the event loop run every ``YIELD_EVERY`` items of a long loop: in a streamed build the
-    next chunk's calls are in flight meanwhile, and an answer that waits for the loop idles its slot."""
-    if i % YIELD_EVERY == YIELD_EVERY - 1:
-        await asyncio.sleep(0)
-
-
-@dataclass
-class CallOutcome:
-    """What the stage runner hands back per window (from the Annotator/store)."""
-
-    text: str | None
-    error: str | None = None  # the final error when the call never succeeded
-    finish_reason: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    attempts: int = 1
-    passages_cut: int = 0  # negatives shortened to fit the judge's input limit (builders.judges.shorten)
-    tokens_removed: int = 0
-    too_long: bool = False  # not sent: does not fit even with its negatives cut to the floor
-
-
-@dataclass
-class Stage:
-    name: str  # "stage1" | "stage2"
-    backend: Backend
-
-
-def _window_result(window: Window, outcome: CallOutcome | None) -> Verdict | ParseFailure:
-    if outcome is None or outcome.text is None:
-        return ParseFailure(f"judge call failed: {outcome.error if outcome else 'no outcome'}")
-    return parse_verdict(outcome.text, len(window.negatives))
-
-
-def judgment_row(window: Window, stage: Stage, version: str, outcome: CallOutcome | None, result) -> dict:
-    ok = isinstance(result, Verdict)
-    status = "ok" if ok else ("call_failed" if outcome is None or outcome.text is None else "parse_failure")
-    better = list(result.better) if ok else []
-    worse = list(result.worse) if ok else []
-    return {
-        "query_id": window.row.query_id,
-        "subset": window.row.subset,
-        "stage": stage.name,
-        "judge_model": stage.backend.model_id,
-        "prompt_version": version,
-        "window_start": window.start,
-        "window_docids": [p.docid for p in window.negatives],
-        "status": status,
-        "reason": None if ok else result.reason,
-        "raw_response": outcome.text if outcome else None,
-        "better": better,
-        "worse": worse,
-        "better_docids": [window.negatives[i - 1].docid for i in better],
-        "worse_docids": [window.negatives[i - 1].docid for i in worse],
-        "finish_reason": outcome.finish_reason if outcome else None,
-        "prompt_tokens": outcome.prompt_tokens if outcome else None,
-        "completion_tokens": outcome.completion_tokens if outcome else None,
-        "attempts": outcome.attempts if outcome else 0,
-        "passages_shortened": outcome.passages_cut if outcome else 0,
-        "prompt_tokens_removed": outcome.tokens_removed if outcome else 0,
-    }
-
-
-def combine(window_results: list[tuple[Window, Verdict | ParseFailure, CallOutcome | None]], stage: str) -> Decision:
-    """A row's decision at one stage from its windows: any failed window makes the row unjudged
-    (its false negatives might sit exactly there)."""
-    if not window_results:
-        return Decision("not_judged", stage=stage)
-    fns: list[str] = []
-    for window, result, outcome in window_results:
-        if isinstance(result, ParseFailure):
-            return Decision("failed" if outcome is None or outcome.text is None else "unparsed", stage=stage)
-        fns.extend(window.negatives[i - 1].docid for i in result.false_negatives)
-    order = {p.docid: i for i, p in enumerate(window_results[0][0].row.negative_passages)}
-    fns = sorted(set(fns), key=lambda d: order[d])
-    return Decision("flagged" if fns else "clean", tuple(fns), stage=stage)
-
-
-# ---------------------------------------------------------------------------- the cascade
-
-
-def _outcome_of(judgment) -> CallOutcome:
-    if judgment.status == "failed":
-        return CallOutcome(None, error=f"{judgment.error_kind}: {judgment.error_message}", attempts=judgment.attempts)
-    return CallOutcome(judgment.text, None, judgment.finish_reason, judgment.prompt_tokens, judgment.completion_tokens, judgment.attempts)
-
-
-async def judge_stage(stage: Stage, rows: list[QueryRow], s: RlhnSettings, store, retry=None, progress: bool = True) -> tuple[dict[str, list], list[dict], dict]:
-    """Ask ``stage``'s judge about every window of ``rows``.
-
-    -> (row_key -> [(window, Verdict | ParseFailure, CallOutcome)], judgment rows, ledgers by group).
-    One ``Annotator`` per (prompt version, window size): its ``check`` is "the verdict parses
-    for that many negatives"."""
-    from builders.judges.annotate import Annotator, RetryPolicy
-
-    retry = retry or RetryPolicy(parse_retries=s.parse_retries)
-    fitter = PromptFitter(stage.backend)
-    groups: dict[tuple[str, int], list[Window]] = defaultdict(list)
-    seen: set[str] = set()
-    for i, row in enumerate(rows):
-        await breathe(i)
-        if row_key(row) in seen:  # an exact duplicate row shares the first one's judgment
-            continue
-        seen.add(row_key(row))
-        for w in windows_of(row, s):
-            groups[(prompt_version(variant_of(row, s)), len(w.negatives))].append(w)
+    feeder = asyncio.create_task(feed())
+    try:
+        try:
+            one = await judge_stage(first, to_judge, s, store, retry, progress, stage1_window)
+        finally:
+            first_done[0] = True
+            wake.set()
+        await feeder
+        done = await asyncio.gather(*runs)
+    except BaseException:
+        for task in [feeder, *runs]:
+            task.cancel()
+        await asyncio.gather(feeder, *runs, return_exceptions=True)
+        raise
+    finally:
+        bar.close()
     per_row: dict[str, list] = defaultdict(list)
     judgments: list[dict] = []
-    ledgers: dict[str, dict] = {}
-    for (version, n), windows in sorted(groups.items()):
-        annotator = Annotator(
-            stage.backend,
-            store,
-            stage=f"rlhn/{stage.name}",
-            prompt_version=version,
-            concurrency=s.concurrency,
-            retry=retry,
-            check=lambda text, n=n: isinstance(parse_verdict(text, n), Verdict),
-            progress=progress,
-        )
-        fits = await fitter.fit_all(
-            (lambda w=w: fitter.fit(lambda texts: render_messages(w, s, texts), shown_negatives(w, s),
-                                    max_new_tokens=s.max_new_tokens)) for w in windows)
-        sent = [(w, fit) for w, fit in zip(windows, fits) if fit.texts is not None]
-        # requests are made when a worker takes them (the prompt is rendered just before it is sent)
-        result = await annotator.run([(w.key, partial(make_request, w, stage.backend, s, fit.texts)) for w, fit in sent])
-        ledgers[f"{version}/n={n}"] = result.ledger.as_dict()
-        for i, (w, fit) in enumerate(zip(windows, fits)):
-            await breathe(i)
-            if fit.texts is None:  # too long even cut to the floor: not sent, a failed judgment
-                outcome = CallOutcome(None, error=too_long_message(fit), attempts=0, too_long=True)
-            else:
-                outcome = _outcome_of(result.outcomes[w.key].judgment)
-                outcome.passages_cut, outcome.tokens_removed = fit.passages_cut, fit.tokens_removed
-            verdict = _window_result(w, outcome)
-            per_row[row_key(w.row)].append((w, verdict, outcome))
-            judgments.append(judgment_row(w, stage, version, outcome, verdict))
-    for entries in per_row.values():
-        entries.sort(key=lambda e: e[0].start)
+    for rows_of, judged, _ in done:
+        for key, entries in rows_of.items():
+            per_row[key].extend(entries)
+        judgments.extend(judged)
     judgments.sort(key=lambda j: (j["subset"], j["query_id"], j["window_start"]))
-    return per_row, judgments, ledgers
+    two = (per_row, judgments, _merge_ledgers([led for _, _, led in done], time.monotonic() - started))
+    return [one, two]
 
 
 def _count_stage(stats, rows: list[QueryRow], per_row: dict, decisions: dict[str, Decision], stage: str) -> None:
@@ -355,11 +216,19 @@ async def run_rlhn(rows: list[QueryRow], stages: list[Stage], s: RlhnSettings, s
     final: dict[str, Decision] = {}
     ledgers: dict[str, dict] = {}
     judgments: list[dict] = []
-    current = to_judge
-    for i, stage in enumerate(stages):
+    escalate = ("flagged", "unparsed", "failed") if s.escalate_unparsed else ("flagged",)
+    for stage in stages:
         for v in versions:
             result.judges.append(JudgeInfo(stage=f"rlhn/{stage.name}", model=stage.backend.model_id, prompt_version=v, backend=judge_kind(stage.backend)))
-        per_row, stage_judgments, stage_ledgers = await judge_stage(stage, current, s, store, retry, progress)
+    overlapped = None
+    if len(stages) == 2 and overlaps(stages, s):
+        overlapped = await judge_overlapped(stages, to_judge, s, store, escalate, retry, progress)
+    current = to_judge
+    for i, stage in enumerate(stages):
+        if overlapped is not None:
+            per_row, stage_judgments, stage_ledgers = overlapped[i]
+        else:
+            per_row, stage_judgments, stage_ledgers = await judge_stage(stage, current, s, store, retry, progress)
         judgments.extend(stage_judgments)
         ledgers[stage.name] = stage_ledgers
         decisions = {}
@@ -369,7 +238,6 @@ async def run_rlhn(rows: list[QueryRow], stages: list[Stage], s: RlhnSettings, s
         _count_stage(stats, current, per_row, decisions, stage.name)
         final.update(decisions)
         if i + 1 < len(stages):
-            escalate = ("flagged", "unparsed", "failed") if s.escalate_unparsed else ("flagged",)
             current = [r for r in current if decisions[row_key(r)].status in escalate]
     # on a worker thread: the event loop goes on sending the next chunk's calls meanwhile
     configs, refine_stats = await asyncio.to_thread(refine, rows, final, s.refine, s.never_edit_subsets)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from builders.judges.dry_counts import check_limit, prompt_counter
 from builders.judges.endpoints.spec import EndpointSpec
 from builders.judges.ledger import StagePlan
-from builders.methods.rlhn.cascade import RlhnSettings, prompt_version, render_messages, variant_of, windows_of
+from builders.methods.rlhn.stage import RlhnSettings, prompt_version, render_messages, variant_of, windows_of
 from builders.rows import QueryRow
 
 

@@ -17,7 +17,8 @@ from builders.judges.endpoints.spec import EndpointSpec
 from builders.judges.fleet import Fleet
 from builders.judges.shorten import Fit, PromptFitter, ShortenError, ShortenRule, clip, water_level
 from builders.judges.store import JudgmentStore, request_sha
-from builders.methods.rlhn.cascade import RlhnSettings, Stage, make_request, run_rlhn_sync, windows_of
+from builders.methods.rlhn.cascade import run_rlhn_sync
+from builders.methods.rlhn.stage import RlhnSettings, Stage, make_request, windows_of
 from builders.methods.rlhn.verdict import format_verdict
 from builders.rows import Passage, QueryRow
 from tests.stand_ins.tgi_server import prompt_of, tokenize
