@@ -100,7 +100,8 @@ def run_cli(scenario, rows: int, chunk_rows: int | None, workdir: Path, source: 
         env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "builders.cli", str(path), "--no-progress"], cwd=ROOT, env=env,
+        wrap = os.environ.get("HARDNEG_BENCH_WRAP", "").split()  # e.g. a sampling profiler: "py-spy record -o cli.svg --"
+        done = subprocess.run([*wrap, sys.executable, "-m", "builders.cli", str(path), "--no-progress"], cwd=ROOT, env=env,
                               capture_output=True, text=True)
         elapsed = time.monotonic() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -28,7 +28,7 @@ from builders.rows import QueryRow
 from builders.sources.readers import read_sources
 from builders.sources.shard_rows import Shard, select_records
 from builders.sources.validate import ValidationReport, validate
-from builders.streaming import ConfigSpool, ResultAccumulator, add_judge_runs, add_ledger, chunks, limit_malloc_arenas
+from builders.streaming import ConfigSpool, ResultAccumulator, add_judge_runs, add_ledger, arrow_system_pool, chunks, limit_malloc_arenas
 from cards.dataset_card import DatasetCardInfo, write_dataset_card
 
 
@@ -118,6 +118,7 @@ async def _judge_chunks(recipe: Recipe, rows, spool: ConfigSpool, progress: bool
     from builders.judges.store import JudgmentStore
 
     limit_malloc_arenas()  # before the look-ahead's threads allocate: flat memory
+    arrow_system_pool()
     judges = backends or make_judges(judge_plan(recipe), recipe.fleet)
     clocks = StageClocks()
     STAGE_CLOCKS.set(clocks)  # this task's context: the stages' wall times, overlapping runs counted once

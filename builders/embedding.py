@@ -9,8 +9,10 @@ many queries in BGE data) and encoded in batches with a progress bar.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch loads with the first encoding: a build without CLEAR/PercPos never pays its ~150 MiB
+    import torch
 
 
 def default_model_path() -> str:
@@ -58,6 +60,8 @@ class EncodedTexts:
 def encode_unique(embedder, texts: Iterable[str], *, prefix: str = "", batch_size: int = 64, desc: str = "encode") -> EncodedTexts:
     """Encode each distinct text once (``prefix`` prepended, e.g. ``"passage: "``), normalised,
     as float32 on CPU."""
+    import torch
+
     distinct = unique(texts)
     if not distinct:
         return EncodedTexts([], torch.zeros(0, embedder.get_sentence_embedding_dimension() or 0))
@@ -74,6 +78,8 @@ def encode_unique(embedder, texts: Iterable[str], *, prefix: str = "", batch_siz
 def cross_scores(cross_encoder, pairs: Iterable[tuple[str, str]], *, batch_size: int = 32) -> dict[tuple[str, str], float]:
     """Cross-encoder score of each distinct (query, passage) pair, squashed into [0, 1] with a
     sigmoid for single-logit models so that "95 % of the positive's score" means something."""
+    import torch
+
     distinct = unique(pairs)
     if not distinct:
         return {}
@@ -95,6 +101,8 @@ def top_k_similar(queries: torch.Tensor, pool: torch.Tensor, k: int, *, query_ch
     """Exact inner-product top-``k`` of each query row over ``pool``. Queries and pool are both
     taken in chunks (a running top-k is merged per pool chunk), so memory stays at
     ``query_chunk x pool_chunk`` scores whatever the pool size. Returns (scores, indices)."""
+    import torch
+
     k = min(k, pool.shape[0])
     scores, indices = [], []
     for q_start in range(0, queries.shape[0], query_chunk):

@@ -89,3 +89,33 @@ def test_scores_are_decided_per_config_by_the_positives(tmp_path):
     assert threshold.column("positive_scores").to_pylist() == [[0.8]]
     assert threshold.column("negative_scores").to_pylist() == [[None]]
     assert "positive_scores" not in default.column_names
+
+
+_MEMORY_SETTINGS = """
+import json
+import pyarrow as pa
+from builders.streaming import arrow_system_pool, limit_malloc_arenas
+print(json.dumps({"arenas": limit_malloc_arenas(), "pool_switched": arrow_system_pool(),
+                  "pool": pa.default_memory_pool().backend_name}))
+"""
+
+
+@pytest.mark.parametrize("env", [{}, {"ARROW_DEFAULT_MEMORY_POOL": "mimalloc", "MALLOC_ARENA_MAX": "4"}], ids=["defaults", "user-set"])
+def test_memory_settings_take_the_system_pool_unless_the_user_chose(env):
+    """A build's flat-memory settings (``bench/memory_rows.py`` measures them): glibc's arenas
+    capped and Arrow on the system allocator, each unless the user's environment set it."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    clean = {k: v for k, v in os.environ.items() if k not in ("ARROW_DEFAULT_MEMORY_POOL", "MALLOC_ARENA_MAX")}
+    out = subprocess.run([sys.executable, "-c", _MEMORY_SETTINGS], env=dict(clean, PYTHONPATH=str(root), **env),
+                         capture_output=True, text=True, check=True).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    if env:
+        assert got == {"arenas": False, "pool_switched": False, "pool": "mimalloc"}
+    else:
+        assert got == {"arenas": True, "pool_switched": True, "pool": "system"}
