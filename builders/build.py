@@ -118,7 +118,6 @@ async def _judge_chunks(recipe: Recipe, rows, spool: ConfigSpool, progress: bool
     from builders.judges.store import JudgmentStore
 
     limit_malloc_arenas()  # before the look-ahead's threads allocate: flat memory
-    arrow_system_pool()
     judges = backends or make_judges(judge_plan(recipe), recipe.fleet)
     clocks = StageClocks()
     STAGE_CLOCKS.set(clocks)  # this task's context: the stages' wall times, overlapping runs counted once
@@ -209,6 +208,7 @@ def build(recipe: Recipe, command: str, progress: bool = True, out=None, shard: 
     spool = ConfigSpool(folder, scratch=store_path(recipe).parent, bge_jsonl=recipe.output.bge_jsonl)
     try:
         run, stored, subsets = asyncio.run(_judge_chunks(recipe, iter_rows(recipe, vreport, progress, shard), spool, progress, backends))
+        arrow_system_pool()  # the calls are over: Arrow gives back what it frees while the shards are written
         written = spool.finish(recipe.output.rows_per_shard)
     except BaseException:
         spool.discard()

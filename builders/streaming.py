@@ -63,11 +63,13 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
 
 
 def arrow_system_pool() -> bool:
-    """Arrow's buffers from the C allocator (with the arena cap above) instead of its bundled
-    mimalloc -> whether it was switched. mimalloc keeps freed pages for reuse: writing the final
-    shards from the spool (a row group read, cast and compressed at a time) and reading them back
-    for ``dataset_info`` raised peak RSS at 100K BGE rows to 594 MiB, 551 MiB with the system pool
-    (``bench/memory_rows.py``). An ``ARROW_DEFAULT_MEMORY_POOL`` the user set wins."""
+    """Arrow's buffers from the C allocator instead of its bundled mimalloc from now on -> whether
+    it was switched. The build switches once its calls are over: mimalloc keeps freed pages for
+    reuse, and writing the final shards from the spool (a row group read, cast and compressed at a
+    time) and reading them back for ``dataset_info`` raised peak RSS at 100K BGE rows to 594 MiB
+    (``bench/memory_rows.py``). Not before: while the calls go out, the C allocator (arenas capped)
+    cost the event loop ~50 % more CPU per request (``bench/cli_throughput.py``). An
+    ``ARROW_DEFAULT_MEMORY_POOL`` the user set wins."""
     if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
         return False
     pa.set_memory_pool(pa.system_memory_pool())

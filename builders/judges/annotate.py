@@ -274,7 +274,8 @@ class Annotator:
         warming = asyncio.ensure_future(self.backend.start())
         # one read of the stored judgments of this run's keys instead of a query per key (a quick start);
         # only keys the store holds need their hash before the first call goes out
-        stored_by_key = self.store.get_many(self.stage, self.judge_model, self.prompt_version, keys)
+        # (on a thread: a thousand keys' lookups held the event loop ~20 ms, a streamed build's calls waiting)
+        stored_by_key = await asyncio.to_thread(self.store.get_many, self.stage, self.judge_model, self.prompt_version, keys)
         todo: list[tuple[str, GenerateRequest, str | None]] = []
         for key, request in items:
             stored = stored_by_key.get(key)

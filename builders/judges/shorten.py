@@ -189,14 +189,21 @@ class PromptFitter:
             f"not sent"))
 
     async def fit_all(self, jobs: Iterable[Callable[[], Awaitable[Fit]]], concurrency: int = 32) -> list[Fit]:
-        """Run ``fit`` jobs (zero-argument async callables), at most ``concurrency`` at a time, in order."""
-        semaphore = asyncio.Semaphore(concurrency)
+        """Run ``fit`` jobs (zero-argument async callables), at most ``concurrency`` at a time ->
+        their fits, in order. The event loop polls its sockets after every ``concurrency`` fits:
+        most fits never wait (a byte bound settles them), and a chunk's thousand of them run back
+        to back held the loop ~150 ms, while every answer of the chunk before waited to be read."""
+        jobs = list(jobs)
+        fits: list[Fit | None] = [None] * len(jobs)
+        pending = iter(enumerate(jobs))
 
-        async def one(job):
-            async with semaphore:
-                return await job()
+        async def worker() -> None:
+            for i, job in pending:
+                fits[i] = await job()
+                await asyncio.sleep(0)
 
-        return list(await asyncio.gather(*(one(job) for job in jobs)))
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(jobs)))))
+        return fits
 
 
 def too_long_message(fit: Fit) -> str:

@@ -174,7 +174,7 @@ class JudgmentStore:
         if readonly:
             if not self.path.exists():
                 raise FileNotFoundError(f"judgment store {self.path} does not exist")
-            self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+            self._conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = _connect_writer(self.path, synchronous)
@@ -277,8 +277,8 @@ class GroupWriter:
         async with store.group_writer() as writer:
             await writer.put(judgment)  # returns once the row is committed
 
-    The thread takes the first waiting row, then keeps collecting until ``max_delay_s`` has
-    passed since that row arrived or ``max_rows`` rows are in hand, writes them in one
+    The thread takes the first waiting row, sleeps ``max_delay_s`` (not when the last batch was
+    full), takes what arrived meanwhile up to ``max_rows`` rows, writes them in one
     transaction and wakes every waiter (or hands each the error if the transaction failed).
     Leaving the ``async with`` block commits what is queued and stops the thread.
     """
@@ -331,22 +331,24 @@ class GroupWriter:
     def _run(self) -> None:
         conn = _connect_writer(self.path, self.synchronous)
         try:
-            stopping = False
+            stopping = full = False
             while not stopping:
                 first = self._queue.get()
                 if first is self._STOP:
                     break
                 batch = [first]
-                deadline = time.monotonic() + self.max_delay_s
+                if not full:  # asleep, not woken by every row: each wake takes the GIL from the event loop
+                    time.sleep(self.max_delay_s)
                 while len(batch) < self.max_rows:
                     try:
-                        item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                        item = self._queue.get_nowait()
                     except queue.Empty:
                         break
                     if item is self._STOP:
                         stopping = True
                         break
                     batch.append(item)
+                full = len(batch) == self.max_rows  # more may be waiting: the next batch goes at once
                 self._commit(conn, batch)
         finally:
             conn.close()

@@ -170,19 +170,21 @@ async def judge_overlapped(stages: list[Stage], to_judge: list[QueryRow], s: Rlh
     return [one, two]
 
 
-def _count_stage(stats, rows: list[QueryRow], per_row: dict, decisions: dict[str, Decision], stage: str) -> None:
+async def _count_stage(stats, rows: list[QueryRow], per_row: dict, decisions: dict[str, Decision], stage: str) -> None:
     paid: set[str] = set()
-    for row in rows:
+    for i, row in enumerate(rows):
+        await breathe(i)
         c = stats[row.subset]
         for always in (f"flagged_{stage}", f"unparsed_{stage}", f"failed_{stage}", "parse_failures"):
             c[always] += 0  # shown as 0 in the card rather than missing
         c[f"judged_{stage}"] += 1
-        status = decisions[row_key(row)].status
+        key = row_key(row)
+        status = decisions[key].status
         c[{"flagged": f"flagged_{stage}", "clean": f"clean_{stage}", "unparsed": f"unparsed_{stage}", "failed": f"failed_{stage}"}.get(status, f"not_judged_{stage}")] += 1
-        if row_key(row) in paid:  # a duplicate row: its judgment was counted once already
+        if key in paid:  # a duplicate row: its judgment was counted once already
             continue
-        paid.add(row_key(row))
-        for _, verdict, outcome in per_row.get(row_key(row), []):
+        paid.add(key)
+        for _, verdict, outcome in per_row.get(key, []):
             c[f"judge_calls_{stage}"] += outcome.attempts if outcome else 0
             c[f"prompt_tokens_{stage}"] += (outcome.prompt_tokens or 0) if outcome else 0
             c[f"completion_tokens_{stage}"] += (outcome.completion_tokens or 0) if outcome else 0
@@ -234,8 +236,9 @@ async def run_rlhn(rows: list[QueryRow], stages: list[Stage], s: RlhnSettings, s
         decisions = {}
         for j, r in enumerate(current):
             await breathe(j)
-            decisions[row_key(r)] = combine(per_row.get(row_key(r), []), stage.name)
-        _count_stage(stats, current, per_row, decisions, stage.name)
+            key = row_key(r)
+            decisions[key] = combine(per_row.get(key, []), stage.name)
+        await _count_stage(stats, current, per_row, decisions, stage.name)
         final.update(decisions)
         if i + 1 < len(stages):
             current = [r for r in current if decisions[row_key(r)].status in escalate]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from typing import Literal
 
 from builders.judges.endpoints.base import Backend, Constraint, GenerateRequest
@@ -94,7 +94,7 @@ class Window:
     start: int  # 0-based position of the window's first negative in the row
     negatives: tuple[Passage, ...]
 
-    @property
+    @cached_property
     def key(self) -> str:
         """Store key: the row and exactly what the judge is shown."""
         ids = ",".join(p.docid for p in self.row.positive_passages) + "|" + ",".join(p.docid for p in self.negatives)

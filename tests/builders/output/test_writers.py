@@ -58,3 +58,39 @@ def test_dataset_repo_loads_with_stock_datasets(tmp_path):
     assert not (tmp_path / "judgments").exists()
     assert (tmp_path / "rlhn" / "train-00000-of-00003.parquet").read_bytes() == before
     assert pq.read_table(tmp_path / "rlhn" / "train-00002-of-00003.parquet").num_rows == 1
+
+
+def _reference_table(rows, with_scores, with_prompt):
+    """What ``tevatron_table`` must equal: ``from_pylist`` over ``to_tevatron`` dicts."""
+    import pyarrow as pa
+
+    from builders.output.writers import tevatron_schema
+
+    dicts = []
+    for r in rows:
+        d = r.to_tevatron(with_scores=with_scores)
+        if with_prompt:
+            d["prompt"] = r.prompt
+        dicts.append(d)
+    return pa.Table.from_pylist(dicts, schema=tevatron_schema(with_scores, with_prompt))
+
+
+def test_tevatron_table_equals_the_row_by_row_table():
+    from builders.output.writers import tevatron_table
+    from builders.rows import Passage, QueryRow
+
+    rows = [
+        QueryRow.from_query("q one", [Passage("d1", "pos text", "A title", 0.9)], [Passage("d2", "neg", "", None), Passage("d3", "née ünïcode", "t", 0.1)], "nq"),
+        QueryRow.from_query("q two (no negatives)", [Passage("d4", "only positive", "", 0.5)], [], "nq"),
+        QueryRow("x", "q three", (Passage("d5", "", "", 0.2),), (Passage("d6", "n", "", None),), "fiqa", prompt="Represent this"),
+    ]
+    for with_scores in (False, True):
+        for with_prompt in (False, True):
+            got = tevatron_table(rows, with_scores, with_prompt)
+            want = _reference_table(rows, with_scores, with_prompt)
+            assert got.schema == want.schema and got.equals(want), (with_scores, with_prompt)
+    assert tevatron_table([], True, True).equals(_reference_table([], True, True))
+    # the defaults: scores when every positive has one, a prompt column when any row has a prompt
+    assert tevatron_table(rows).equals(_reference_table(rows, True, True))
+    unscored = [rows[0], QueryRow.from_query("q four", [Passage("d7", "p")], [], "nq")]
+    assert tevatron_table(unscored).equals(_reference_table(unscored, False, False))
