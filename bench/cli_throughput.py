@@ -24,9 +24,11 @@ Scenarios (``--service-ms`` S, default 200), the same servers as ``bench/annotat
 
 Each scenario runs with every ``--chunk-rows`` value (default: one chunk, and 1000-row chunks);
 ``--direct`` also runs ``bench/annotate_throughput.py``'s builder client on the same servers, so
-the gap between the two paths is visible. Exits 1 when a goal is missed.
+the gap between the two paths is visible; each chunked run's share is printed beside the one-chunk
+run's (goal: within ``GAP_GOAL``). Exits 1 when a goal is missed.
 
     python bench/cli_throughput.py                        # 6,000 rows, a/b/c, null and 1000 (~4 min)
+    python bench/cli_throughput.py --repeat 3             # median of 3 runs each (~12 min; a run varies ~0.02 here)
     python bench/cli_throughput.py --rows 1200 --service-ms 50 --scenarios a --chunk-rows null
 """
 
@@ -53,6 +55,7 @@ from bench.memory_rows import write_rows  # noqa: E402
 from bench.simulator_process import SimulatorProcess  # noqa: E402
 
 GOALS = {"a": 0.95, "b": 0.90, "c": 0.90}
+GAP_GOAL = 0.03  # chunked runs within this share of the one-chunk run
 STAGE = "rlhn/stage1"
 VERDICT = "<thinking>none of the candidates answers the query</thinking><verdict><better> [] </better>, <worse> [] </worse></verdict>"
 
@@ -160,6 +163,13 @@ def run_direct(scenario, rows: int, args) -> dict:
             "cpu_ms_per_request": r.cpu_ms_per_request}
 
 
+def chunk_gaps(results: list[dict]) -> list[tuple[str, int, float]]:
+    """(scenario, chunk_rows, share - the one-chunk share) for every chunked CLI run with a one-chunk run beside it."""
+    one = {r["scenario"]: r["share"] for r in results if r["path"] == "cli" and r["chunk_rows"] is None}
+    return [(r["scenario"], r["chunk_rows"], r["share"] - one[r["scenario"]]) for r in results
+            if r["path"] == "cli" and r["chunk_rows"] is not None and r["scenario"] in one]
+
+
 def render(results: list[dict]) -> str:
     lines = [f"{'scenario':<9}{'path':<7}{'chunk_rows':>11}{'stage s':>9}{'ideal s':>9}{'share':>7}{'requests':>9}"
              f"{'retries':>8}{'lost':>6}{'429s':>6}{'CPU ms/req':>11}  goal"]
@@ -171,7 +181,8 @@ def render(results: list[dict]) -> str:
             verdict = f">= {goal:.2f}, 0 lost: {'MET' if met else 'NOT MET'}"
         lines.append(f"{r['scenario']:<9}{r['path']:<7}{str(r['chunk_rows']):>11}{r['stage_wall_s']:>9.2f}"
                      f"{r['rows'] / r['capacity']:>9.2f}{r['share']:>7.3f}{r['requests']:>9}{r['retries']:>8}{r['lost']:>6}"
-                     f"{r['server_429']:>6}{r['cpu_ms_per_request']:>11.2f}  {verdict}")
+                     f"{r['server_429']:>6}{r['cpu_ms_per_request']:>11.2f}  {verdict}"
+                     + (f" (median of {len(r['shares'])}: {min(r['shares']):.3f}-{max(r['shares']):.3f})" if len(r.get("shares", [])) > 1 else ""))
     return "\n".join(lines)
 
 
@@ -182,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default="a,b,c")
     parser.add_argument("--chunk-rows", default="null,1000", help="comma-separated output.chunk_rows values (null: one chunk)")
     parser.add_argument("--direct", action="store_true", help="also run the direct-client figure of bench/annotate_throughput.py")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per (scenario, chunk_rows); the table shows the median share")
     parser.add_argument("--lifetime-s", type=float, default=900.0)
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
@@ -196,15 +208,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"scenario {name}: {scenario.title}; capacity {scenario.capacity:.0f} answers/s; "
                   f"load average {os.getloadavg()[0]:.2f}", flush=True)
             for size in sizes:
-                r = run_cli(scenario, args.rows, size, Path(tmp), source, args)
-                results.append(r)
-                print(f"  cli    chunk_rows={size}: stage {r['stage_wall_s']:.2f} s, share {r['share']:.3f}, lost {r['lost']}, "
-                      f"{r['requests']} requests, {r['retries']} retries, {r['server_429']} 429s, "
-                      f"{r['cpu_ms_per_request']:.2f} CPU ms/request (process {r['process_wall_s']:.1f} s, servers busy "
-                      f"{r['server_span_s']:.2f} s from first request to last answer); "
-                      f"load {os.getloadavg()[0]:.2f}", flush=True)
-                for e in r["fleet"]:
-                    print(f"         {e}", flush=True)
+                runs = []
+                for _ in range(args.repeat):
+                    r = run_cli(scenario, args.rows, size, Path(tmp), source, args)
+                    runs.append(r)
+                    print(f"  cli    chunk_rows={size}: stage {r['stage_wall_s']:.2f} s, share {r['share']:.3f}, lost {r['lost']}, "
+                          f"{r['requests']} requests, {r['retries']} retries, {r['server_429']} 429s, "
+                          f"{r['cpu_ms_per_request']:.2f} CPU ms/request (process {r['process_wall_s']:.1f} s, servers busy "
+                          f"{r['server_span_s']:.2f} s from first request to last answer); "
+                          f"load {os.getloadavg()[0]:.2f}", flush=True)
+                    for e in r["fleet"]:
+                        print(f"         {e}", flush=True)
+                median = sorted(runs, key=lambda x: x["share"])[len(runs) // 2]  # the run with the median share
+                median["shares"] = [x["share"] for x in runs]
+                median["lost"] = max(x["lost"] for x in runs)  # a run that lost anything is a miss
+                results.append(median)
             if args.direct:
                 r = run_direct(scenario, args.rows, args)
                 results.append(r)
@@ -212,11 +230,15 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['cpu_ms_per_request']:.2f} CPU ms/request; load {os.getloadavg()[0]:.2f}", flush=True)
     print()
     print(render(results))
+    gaps = chunk_gaps(results)
+    for name, size, gap in gaps:
+        print(f"scenario {name}: share with chunk_rows={size} is {gap:+.3f} from one chunk (goal: within {GAP_GOAL})")
     load = os.getloadavg()
     print(f"\nmachine: {os.cpu_count()} cores, load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}")
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=1))
     ok = all(r["lost"] == 0 and r["share"] >= GOALS.get(r["scenario"], 0.0) for r in results if r["path"] == "cli")
+    ok = ok and all(gap >= -GAP_GOAL for _, _, gap in gaps)
     return 0 if ok else 1
 
 
