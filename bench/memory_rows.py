@@ -10,7 +10,8 @@ real build (``builders.build.build``: read -> validate -> RLHN -> techniques -> 
 config + card) on it in a fresh process and reads that process's peak RSS (``VmHWM``). The
 subset is listed in ``rlhn.never_edit_subsets``, so no judge is called: this measures
 the data path, not an endpoint. Prints both figures and their ratio (flat memory: a ratio
-near 1 while the rows grow 10x).
+near 1 while the rows grow 10x) and whether the peak at the largest size is within 10 % of
+``--goal-mib`` (520 MiB, the figure the streamed build first reached; exits 1 when not).
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override for the measured build")
+    p.add_argument("--goal-mib", type=float, default=520.0, help="peak RSS at the largest size must stay within 10 %% of this")
     p.add_argument("--child", nargs=2, metavar=("SOURCE", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -114,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{n:>9,} rows ({r['source_mib']:,.0f} MiB of jsonl): peak RSS {r['peak_rss_mib']:,.0f} MiB, build {r['seconds']:,.1f} s", flush=True)
     lo, hi = min(args.rows), max(args.rows)
     print(f"peak RSS ratio {hi:,} / {lo:,} rows: {results[hi]['peak_rss_mib'] / results[lo]['peak_rss_mib']:.2f} (rows x{hi / lo:g})")
-    return 0
+    met = results[hi]["peak_rss_mib"] <= 1.1 * args.goal_mib
+    print(f"peak RSS at {hi:,} rows: {results[hi]['peak_rss_mib']:,.0f} MiB, goal within 10 % of {args.goal_mib:,.0f} MiB: "
+          f"{'MET' if met else 'NOT MET'}")
+    return 0 if met else 1
 
 
 if __name__ == "__main__":
