@@ -22,13 +22,14 @@ Scenarios (``--service-ms`` S, default 200), the same servers as ``bench/annotat
 - ``b``: four mixed endpoints (two TGI with /info, two OpenAI-compatible without), 2 % 503. Goal >= 0.90.
 - ``c``: three TGI endpoints of 32 x S; one is killed at 40 % of the expected stage. Goal >= 0.90.
 
-Each scenario runs with every ``--chunk-rows`` value (default: one chunk, and 1000-row chunks);
+Each scenario runs with every ``--chunk-rows`` value (by default: the recipe's default, 5,000-row
+chunks, i.e. 2 chunks of the 6,000 rows; one chunk; and 1000-row chunks);
 ``--direct`` also runs ``bench/annotate_throughput.py``'s builder client on the same servers, so
 the gap between the two paths is visible; each chunked run's share is printed beside the one-chunk
 run's (goal: within ``GAP_GOAL``). Exits 1 when a goal is missed.
 
-    python bench/cli_throughput.py                        # 6,000 rows, a/b/c, null and 1000 (~4 min)
-    python bench/cli_throughput.py --repeat 3             # median of 3 runs each (~12 min; a run varies ~0.02 here)
+    python bench/cli_throughput.py                        # 6,000 rows, a/b/c, default, null and 1000 (~6 min)
+    python bench/cli_throughput.py --repeat 3             # median of 3 runs each (~18 min; a run varies ~0.02 here)
     python bench/cli_throughput.py --rows 1200 --service-ms 50 --scenarios a --chunk-rows null
 """
 
@@ -38,6 +39,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,6 +58,7 @@ from bench.simulator_process import SimulatorProcess  # noqa: E402
 
 GOALS = {"a": 0.95, "b": 0.90, "c": 0.90}
 GAP_GOAL = 0.03  # chunked runs within this share of the one-chunk run
+DEFAULT = "default"  # --chunk-rows value: the recipe leaves output.chunk_rows out (what a new user runs)
 STAGE = "rlhn/stage1"
 VERDICT = "<thinking>none of the candidates answers the query</thinking><verdict><better> [] </better>, <worse> [] </worse></verdict>"
 
@@ -67,7 +70,8 @@ def recipe_for(scenario, urls: list[str], source: Path, out: Path, chunk_rows: i
         "name": f"cli-bench-{scenario.name}",
         "sources": [{"path": str(source), "subset": "synthetic"}],
         "judges": {"stage1": endpoints[0] if len(endpoints) == 1 else endpoints},
-        "output": {"folder": str(out / "dataset"), "store": str(out / "judgments.sqlite"), "chunk_rows": chunk_rows},
+        "output": {"folder": str(out / "dataset"), "store": str(out / "judgments.sqlite"),
+                   **({} if chunk_rows == DEFAULT else {"chunk_rows": chunk_rows})},
     }
 
 
@@ -88,6 +92,7 @@ def _kill_when_started(simulator: SimulatorProcess, delay_s: float, mark: dict, 
 def run_cli(scenario, rows: int, chunk_rows: int | None, workdir: Path, source: Path, args) -> dict:
     servers = [_with_answer(s) for s in scenario.servers]
     out = workdir / f"{scenario.name}-{chunk_rows}"
+    shutil.rmtree(out, ignore_errors=True)  # a fresh store each run: a repeat must not read the last one's answers
     with SimulatorProcess(*servers, lifetime_s=args.lifetime_s) as simulator:
         recipe = recipe_for(scenario, simulator.urls, source, out, chunk_rows)
         path = out / "recipe.yaml"
@@ -191,14 +196,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=6000)
     parser.add_argument("--service-ms", type=float, default=200.0)
     parser.add_argument("--scenarios", default="a,b,c")
-    parser.add_argument("--chunk-rows", default="null,1000", help="comma-separated output.chunk_rows values (null: one chunk)")
+    parser.add_argument("--chunk-rows", default="default,null,1000",
+                        help="comma-separated output.chunk_rows values (null: one chunk; default: not in the recipe, 5,000)")
     parser.add_argument("--direct", action="store_true", help="also run the direct-client figure of bench/annotate_throughput.py")
     parser.add_argument("--repeat", type=int, default=1, help="runs per (scenario, chunk_rows); the table shows the median share")
     parser.add_argument("--lifetime-s", type=float, default=900.0)
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     all_scenarios = scenarios(args.service_ms / 1000)
-    sizes = [None if c.strip() in ("null", "none", "") else int(c) for c in args.chunk_rows.split(",")]
+    sizes = [None if c.strip() in ("null", "none", "") else DEFAULT if c.strip() == DEFAULT else int(c)
+             for c in args.chunk_rows.split(",")]
     results = []
     with tempfile.TemporaryDirectory(prefix="hardneg-cli-bench-") as tmp:
         source = Path(tmp) / "rows.jsonl"

@@ -167,27 +167,30 @@ def check_record(rec: RawRecord, policy: Policy = "skip") -> tuple[QueryRow | No
     negatives = build(neg, neg_titles, neg_ids_given, neg_scores)
     fixable: list[tuple[str, str]] = []
     kept_pos: list[Passage] = []
+    pos_ids: set[str] = set()
     for p in positives:
         if not p.text.strip():
             fixable.append(("empty_passage", "an empty positive"))
-        elif any(k.docid == p.docid for k in kept_pos):
+        elif p.docid in pos_ids:
             fixable.append(("duplicate_passage", f"positive docid {p.docid} appears twice"))
         else:
             kept_pos.append(p)
+            pos_ids.add(p.docid)
     if not kept_pos:
         problem("no_positive", "no non-empty positive passage", "skipped", qid)
         return None, problems
-    pos_ids = {p.docid for p in kept_pos}
     kept_neg: list[Passage] = []
+    neg_ids: set[str] = set()
     for i, p in enumerate(negatives, start=1):
         if not p.text.strip():
             fixable.append(("empty_passage", f"negative #{i} is empty"))
         elif p.docid in pos_ids:
             fixable.append(("positive_in_negatives", f"negative #{i} (docid {p.docid}) is also a positive"))
-        elif any(k.docid == p.docid for k in kept_neg):
+        elif p.docid in neg_ids:
             fixable.append(("duplicate_passage", f"negative #{i} (docid {p.docid}) repeats an earlier negative"))
         else:
             kept_neg.append(p)
+            neg_ids.add(p.docid)
     if fixable:
         action = "repaired" if policy == "repair" else "skipped"
         for kind, detail in fixable:
