@@ -113,7 +113,7 @@ async def _judge_chunks(recipe: Recipe, rows, spool: ConfigSpool, progress: bool
     worker thread writes chunk n while chunk n+1's answers come in); every answer is committed
     to the store as it arrives, so a killed build resumes from the store as before: no call is
     paid twice."""
-    from builders.judges.annotate import STAGE_CLOCKS, StageClocks
+    from builders.judges.clocks import STAGE_CLOCKS, StageClocks
     from builders.judges.fleet import CALL_PRIORITY
     from builders.judges.store import JudgmentStore
 

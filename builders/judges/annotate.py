@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import gc
 import random
 import time
@@ -44,6 +43,7 @@ from functools import partial
 
 from tqdm.auto import tqdm
 
+from builders.judges.clocks import stage_clock
 from builders.judges.endpoints.base import Backend, EndpointError, GenerateRequest, Generation
 from builders.judges.fleet import CALL_STAGE, Fleet
 from builders.judges.ledger import Price
@@ -67,45 +67,6 @@ class RetryPolicy:
 FLEET_RETRY = RetryPolicy(base_delay_s=0.1, max_delay_s=5.0)  # see the module docstring
 
 Request = GenerateRequest | Callable[[], GenerateRequest]  # an item's request, or what makes it when it is sent
-
-
-class StageClocks:
-    """Wall time per stage as the union of its runs' intervals: runs of one stage that overlap
-    (the next chunk's calls going out while this chunk finishes) count once. A build sets one
-    in ``STAGE_CLOCKS``; the annotator and ``builders.judges.scoring`` clock their runs into it."""
-
-    def __init__(self):
-        self._open: dict[str, tuple[int, float]] = {}  # stage -> (runs under way, since when)
-        self.wall_s: Counter = Counter()
-
-    def enter(self, stage: str) -> None:
-        runs, since = self._open.get(stage, (0, time.monotonic()))
-        self._open[stage] = (runs + 1, since)
-
-    def exit(self, stage: str) -> None:
-        runs, since = self._open[stage]
-        if runs > 1:
-            self._open[stage] = (runs - 1, since)
-            return
-        del self._open[stage]
-        self.wall_s[stage] += time.monotonic() - since
-
-    @contextlib.contextmanager
-    def clocking(self, stage: str):
-        self.enter(stage)
-        try:
-            yield
-        finally:
-            self.exit(stage)
-
-
-STAGE_CLOCKS: contextvars.ContextVar[StageClocks | None] = contextvars.ContextVar("STAGE_CLOCKS", default=None)
-
-
-def stage_clock(stage: str):
-    """The build's clock for ``stage`` as a context manager (a no-op outside a build)."""
-    clocks = STAGE_CLOCKS.get()
-    return clocks.clocking(stage) if clocks is not None else contextlib.nullcontext()
 
 
 _quiet_runs = 0  # annotator runs under way in this process with the collector quietened

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from builders.judges.annotate import Ledger, RetryPolicy, call_with_retries, stage_clock
+from builders.judges.annotate import Ledger, RetryPolicy, call_with_retries
+from builders.judges.clocks import stage_clock
 from builders.judges.endpoints.base import Backend, EndpointError, Scored, ScoreRequest, TokenScore
 from builders.judges.store import Judgment, JudgmentStore, request_sha
 
