@@ -27,7 +27,7 @@ import contextlib
 import time
 from collections import defaultdict
 
-from builders.methods.base import JudgeInfo, MethodResult, judge_kind, never_edits
+from builders.methods.base import JudgeInfo, MethodResult, judge_kind, ledger_of, never_edits
 from builders.methods.rlhn.refine import Decision, refine, row_key
 from builders.methods.rlhn.stage import (
     RlhnSettings,
@@ -60,21 +60,10 @@ def overlaps(stages: list[Stage], s: RlhnSettings) -> bool:
 
 
 def _merge_ledgers(runs: list[dict[str, dict]], wall_s: float) -> dict[str, dict]:
-    """Stage 2's ledgers by group over its runs (summed; ``wall_s``: the span from the first run's
-    start to the last one's end, the runs overlap)."""
-    merged: dict[str, dict] = {}
-    for ledgers in runs:
-        for group, led in ledgers.items():
-            if group not in merged:
-                merged[group] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in led.items()}
-                continue
-            into = merged[group]
-            for k, v in led.items():
-                if isinstance(v, dict):
-                    for kind, n in v.items():
-                        into[k][kind] = into[k].get(kind, 0) + n
-                elif k != "wall_s":
-                    into[k] += v
+    """Stage 2's ledgers by group over its runs (summed with ``ledger_of``; ``wall_s``: the span
+    from the first run's start to the last one's end, the runs overlap)."""
+    groups = dict.fromkeys(group for ledgers in runs for group in ledgers)
+    merged = {group: ledger_of([ledgers[group] for ledgers in runs if group in ledgers]).as_dict() for group in groups}
     for led in merged.values():
         led["wall_s"] = round(wall_s, 3)
     return merged
@@ -94,11 +83,13 @@ async def judge_overlapped(stages: list[Stage], to_judge: list[QueryRow], s: Rlh
 
     first, second = stages
     representative: dict[str, QueryRow] = {}
-    waiting: dict[str, int] = {}  # row key -> stage-1 windows not answered yet
+    windows: dict[str, int] = {}  # row key -> its windows
     for row in to_judge:
-        if row_key(row) not in representative:
-            representative[row_key(row)] = row
-            waiting[row_key(row)] = len(windows_of(row, s))
+        key = row_key(row)
+        if key not in representative:
+            representative[key] = row
+            windows[key] = len(windows_of(row, s))
+    waiting = dict(windows)  # row key -> stage-1 windows not answered yet
     answered: dict[str, list] = defaultdict(list)
     queue: list[QueryRow] = []
     queued_at = [0.0]
@@ -117,7 +108,7 @@ async def judge_overlapped(stages: list[Stage], to_judge: list[QueryRow], s: Rlh
             if not queue:
                 queued_at[0] = time.monotonic()
             queue.append(representative[key])
-            bar.total += len(windows_of(representative[key], s))
+            bar.total += windows[key]
             bar.refresh()
             if len(queue) in (1, STAGE2_BATCH_ROWS):  # the first one starts the linger; a full batch goes at once
                 wake.set()
