@@ -16,6 +16,8 @@ from collections import Counter, deque
 from dataclasses import asdict
 from pathlib import Path
 
+import pyarrow as pa
+
 from builders.judges.endpoints.base import Backend
 from builders.judges.fleet import Fleet
 from builders.judges.ledger import CostLedger, StagePlan, load_prices
@@ -206,11 +208,13 @@ def build(recipe: Recipe, command: str, progress: bool = True, out=None, shard: 
     folder = Path(recipe.output.folder)
     vreport = ValidationReport()
     spool = ConfigSpool(folder, scratch=store_path(recipe).parent, bge_jsonl=recipe.output.bge_jsonl)
+    calls_pool = pa.default_memory_pool()
     try:
         run, stored, subsets = asyncio.run(_judge_chunks(recipe, iter_rows(recipe, vreport, progress, shard), spool, progress, backends))
         arrow_system_pool()  # the calls are over: Arrow gives back what it frees while the shards are written
         written = spool.finish(recipe.output.rows_per_shard)
     except BaseException:
+        pa.set_memory_pool(calls_pool)
         spool.discard()
         raise
     print(f"rows: {vreport.rows_kept} kept of {vreport.rows_read} ({vreport.rows_skipped} skipped, {vreport.rows_repaired} repaired)", file=out)
@@ -223,6 +227,7 @@ def build(recipe: Recipe, command: str, progress: bool = True, out=None, shard: 
     methods = selected(recipe)
     sources = sorted({s.hub or s.path for s in recipe.sources})
     configs, dataset_info = describe_configs(folder, configs_yaml_entries(order, default=main_config))  # keys fresh reads
+    pa.set_memory_pool(calls_pool)  # as it was: a next build in this process makes its calls with mimalloc again
     info = DatasetCardInfo(
         pretty_name=recipe.card.pretty_name or recipe.name,
         license=recipe.card.license,
