@@ -143,7 +143,7 @@ def run_cli(scenario, rows: int, chunk_rows: int | None, workdir: Path, source: 
         "server_429": sum(s.overloaded for s in stats), "server_503": sum(s.injected for s in stats),
         "cpu_ms_per_request": cpu_s * 1000 / max(1, stage["requests"]),
         "ledger_rows": [r for r in ledger["rows"] if r["stage"] == STAGE],
-        "fleet": [{k: e[k] for k in ("name", "info_limit", "limit", "max_in_flight", "succeeded", "overloaded", "failed", "moved", "deaths")}
+        "fleet": [{k: e[k] for k in ("name", "info_limit", "limit", "max_in_flight", "succeeded", "overloaded", "failed", "moved", "deaths", "busy_s")}
                   for e in report.get("fleets", {}).get("stage1", [])],
     }
 

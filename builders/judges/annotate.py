@@ -83,14 +83,16 @@ def _quiet_collector(enabled: bool):
     are frozen out of the collector's scans, and young collections run every 20,000 allocations
     instead of 700: on 2 cores at 300 answers/s the defaults paused the event loop ~250 times
     in 20 s, up to 60-100 ms at a time, and every endpoint slot whose answer arrived meanwhile
-    idled. One full collection first, so nothing dead is kept frozen; everything is restored
-    when the last concurrent run ends."""
+    idled. The young generations are collected first so that little that is dead gets frozen
+    (not a full collection: over a streamed build's rows that took ~180 ms, the stage's first
+    calls waiting); what is frozen is collected again once the last concurrent run ends, when
+    everything is restored."""
     global _quiet_runs, _saved_thresholds
     if not enabled:
         yield
         return
     if _quiet_runs == 0:
-        gc.collect()
+        gc.collect(1)
         _saved_thresholds = gc.get_threshold()
         gc.set_threshold(max(_saved_thresholds[0], QUIET_GC_THRESHOLD0), *_saved_thresholds[1:])
     _quiet_runs += 1
@@ -275,6 +277,19 @@ class Annotator:
             bar.set_postfix(postfix, refresh=False)
 
         pending = iter(todo)  # shared by the workers: each takes the next item when it is free
+        workers: list[asyncio.Task] = []
+
+        def wanted() -> int:
+            """Workers to keep: ``concurrency``, and over a fleet what its current limits can use
+            (it grows with them: slow start), never more than the items."""
+            n = self.concurrency
+            if isinstance(self.backend, Fleet):
+                n = min(n, self.backend.concurrency)
+            return min(n, len(todo))
+
+        def grow() -> None:
+            while len(workers) < wanted():
+                workers.append(asyncio.create_task(worker()))
 
         async def worker() -> None:
             # A worker hands its answer to the group writer and takes the next item at once: it
@@ -282,6 +297,7 @@ class Annotator:
             for key, request, sha in pending:
                 if broken:
                     return
+                grow()  # a fleet whose limits grew can take more calls
                 if not isinstance(request, GenerateRequest):
                     request = request()
                 sha = sha or request_sha(request)
@@ -304,20 +320,21 @@ class Annotator:
                 writing.add(done)
                 done.add_done_callback(partial(on_commit, key, judgment))
 
-        workers: list[asyncio.Task] = []
         try:
             with _quiet_collector(len(todo) >= QUIET_GC_FROM_ITEMS):
                 async with self.store.group_writer() as writer:
                     try:
-                        # Bounded: ``concurrency`` workers, not a task per item, so a stage of 680K
+                        # Bounded: ``wanted()`` workers, not a task per item, so a stage of 680K
                         # items costs the memory of its in-flight calls, and the first call goes out
-                        # before the rest of the list is hashed.
+                        # before the rest of the list is hashed. Each worker renders its first
+                        # prompt in the same loop turn: a thousand at once held the loop ~150 ms.
                         await warming  # a fleet's limits are known now: it says how many calls to keep waiting
-                        concurrency = self.concurrency
-                        if isinstance(self.backend, Fleet):
-                            concurrency = min(concurrency, self.backend.concurrency)
-                        workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(todo)))]
-                        await asyncio.gather(*workers)
+                        grow()
+                        while running := [task for task in workers if not task.done()]:
+                            await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                            for task in workers:
+                                if task.done() and not task.cancelled() and task.exception() is not None:
+                                    raise task.exception()
                     finally:
                         for task in workers:
                             task.cancel()

@@ -12,10 +12,12 @@ serve the same judge; every remote judge of a recipe is one, a single endpoint t
 - it adapts by AIMD: +1 per success while below the slow-start threshold, then +1 per
   ``limit`` successes (additive increase), but only while the limit is what holds requests
   back. A 429 on a call sent with k of ours in flight means the server holds at most k - 1 for
-  us: the first 429 after a round trip of answers steps the limit down to that edge; another
+  us: the limit steps down to that edge when k is at least the last cut's k (our own probe
+  met the same ceiling) or a round trip of answers has passed since that cut; a 429 at fewer
   within a round trip of the cut (others take slots too), or an ``x-queue-time`` that rises
   past ``queue_slack_ms`` and ``queue_ratio`` x the inference time, multiplies it by
-  ``decrease``. One cut per round trip: calls sent before the last cut do not cut again.
+  ``decrease``. One cut per round trip: calls sent before the last cut do not cut again. The
+  slot above a found edge is probed ``edge_probe_rounds`` times slower (fewer 429s).
 
 Each call goes to the least-loaded healthy endpoint (in-flight / limit) with a free slot, or
 waits for one: by ``CALL_PRIORITY`` (a streamed build gives each chunk its number, so the next
@@ -66,6 +68,8 @@ from builders.judges.fleet_members import (  # noqa: F401 - re-exported: callers
     probe_limits,
 )
 
+WAITING_SHARE = 1.25  # calls kept per slot of the current limits: each free slot finds one waiting
+
 
 class Fleet(Backend):
     def __init__(self, endpoints: list[FleetEndpoint], config: FleetConfig | None = None, model_id: str | None = None):
@@ -84,12 +88,17 @@ class Fleet(Backend):
 
     @property
     def concurrency(self) -> int:
-        """Calls a caller should keep in flight: enough for every slot to have one waiting behind
-        it (twice the members' ceilings, once ``start`` has read them), at most
-        ``FleetConfig.concurrency``. Fewer waiting calls are fewer prompts rendered ahead of a slot."""
+        """Calls a caller should keep in flight: the healthy members' current limits and a
+        quarter more waiting for the slots that free next (at least one per member), at most
+        ``FleetConfig.concurrency``; it grows with the limits (slow start), so a caller reads it
+        again as it goes (the annotator adds workers). Before ``start`` has read the limits:
+        ``FleetConfig.concurrency``. Every waiting call is a prompt rendered ahead of its slot,
+        and a run's workers render theirs in one loop turn: ceilings (512 for a server that
+        states none) would have a thousand rendered at each chunk's start."""
         if self._started is None or not self._started.done():
             return self.config.concurrency
-        return max(1, min(self.config.concurrency, int(2 * sum(m.stats.ceiling for m in self.members))))
+        limits = sum(math.floor(m.stats.limit) for m in self.members if m.stats.healthy)
+        return min(self.config.concurrency, max(len(self.members), math.ceil(WAITING_SHARE * limits)))
 
     @property
     def kind(self) -> str:
@@ -353,6 +362,8 @@ class Fleet(Backend):
         if stats.in_flight < math.floor(stats.limit):  # (this call is still counted in flight)
             return  # the limit did not hold anything back: no evidence it should grow
         step = 1.0 if stats.limit < member.threshold else 1.0 / stats.limit
+        if member.refused_at - 1 <= stats.limit < member.refused_at:
+            step /= self.config.edge_probe_rounds  # the slot above the edge a 429 found: probed slowly
         stats.limit = min(stats.ceiling, stats.limit + step)
         self._dispatch()
 
@@ -372,19 +383,22 @@ class Fleet(Backend):
 
     def _on_overloaded(self, member: FleetMember, sent: float, in_flight_at_send: int) -> None:
         """A 429: the server held no slot for a call sent with ``in_flight_at_send`` of ours in
-        flight (this one included), so it holds at most one fewer for us now. The first 429 after
-        a round trip of answers marks that edge: the limit steps down to it (a multiplicative
-        cut would leave slots idle until additive increase climbs back). A 429 again within a
-        round trip of the last cut means others take slots too: a multiplicative cut."""
+        flight (this one included), so it holds at most one fewer for us now: the edge. When the
+        refused call was sent with at least as many in flight as the last cut's (our own probe
+        meeting the same ceiling again), or a round trip of answers after that cut, the limit
+        steps down to the edge: a multiplicative cut would leave slots idle until additive
+        increase climbs back. A 429 at fewer in flight within a round trip of the cut means the
+        server's room for us shrank (others take slots too): a multiplicative cut."""
         if sent <= member.decreased_at:
             return  # already cut for this round trip
         stats = member.stats
         edge = max(1.0, in_flight_at_send - 1.0)
-        if stats.succeeded - member.succeeded_at_cut >= stats.limit:
+        if in_flight_at_send >= member.refused_at or stats.succeeded - member.succeeded_at_cut >= stats.limit:
             stats.limit = max(1.0, min(stats.limit, edge))
             self._cut_done(member)
         else:
             self._decrease(member, sent, to=edge)
+        member.refused_at = in_flight_at_send
 
     def _on_failure(self, member: FleetMember, error: EndpointError, sent: float, in_flight_at_send: int) -> None:
         stats = member.stats
@@ -434,6 +448,7 @@ class Fleet(Backend):
             member.stats.limit = min(float(member.default_limit), member.stats.ceiling)
             break
         member.consecutive_failures = 0
+        member.refused_at = 0  # the edge found before the death is not this server's any more
         member.decreased_at = time.monotonic()  # failures of calls sent before the rejoin do not cut
         member.stats.healthy = True
         member.stats.rejoins += 1

@@ -28,6 +28,7 @@ class FleetConfig:
     default_limit: int = 8  # starting in-flight limit of an endpoint that states none (then slow start)
     max_limit: int = 512  # ceiling of an endpoint without /info
     decrease: float = 0.8  # multiplicative decrease on 429 / rising queue time
+    edge_probe_rounds: int = 4  # round trips per +1 step into the slot above the edge a 429 found
     queue_slack_ms: float = 100.0  # queue time tolerated before it counts as congestion ...
     queue_ratio: float = 0.5  # ... when it is also above this share of the inference time
     dead_after: int = 8  # consecutive failed attempts that mark an endpoint dead
@@ -98,6 +99,7 @@ class FleetMember:
         self.threshold = math.inf  # slow-start threshold
         self.decreased_at = -math.inf
         self.succeeded_at_cut = -math.inf  # the success count at the last cut
+        self.refused_at = 0  # our calls in flight (the refused one included) when the last cut's 429 was sent
         self.consecutive_failures = 0
         self.streak_started = 0.0  # when the current run of failures began
         self.sent: dict[int, float] = {}  # ticket -> send time of each call in flight

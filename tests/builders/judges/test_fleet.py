@@ -4,6 +4,7 @@ rejoin after a probe, nothing lost - against the loopback simulators (tiny servi
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import pytest
@@ -76,6 +77,42 @@ def test_a_429_steps_the_limit_down_to_the_edge_then_cuts_if_it_repeats():
     member.stats.succeeded += 4  # a round trip of answers later, a 429 marks the edge again
     fleet._on_overloaded(member, sent=time.monotonic(), in_flight_at_send=4)
     assert member.stats.limit == 3.0 and member.stats.decreases == 3
+
+
+def test_our_own_probe_meeting_the_edge_again_steps_back_to_it_without_a_multiplicative_cut():
+    """An endpoint stating no limit, 24 slots: a 429 found the edge; additive increase probes the
+    slot above it again and meets another 429 before a full round trip of answers has passed.
+    That is the same ceiling, not others taking slots: back to the edge, not 0.8 x the limit."""
+    fleet = Fleet([FleetEndpoint(_Idle())], FleetConfig(default_limit=8, decrease=0.8))
+    member = fleet.members[0]
+    member.stats.limit = 40.0
+    fleet._on_overloaded(member, sent=time.monotonic(), in_flight_at_send=25)
+    assert member.stats.limit == 24.0 and member.refused_at == 25
+    member.stats.limit, member.stats.succeeded = 25.0, member.stats.succeeded + 20  # grew back: fewer than 25 answers
+    fleet._on_overloaded(member, sent=time.monotonic(), in_flight_at_send=25)
+    assert member.stats.limit == 24.0  # the edge again (the old rule cut to 20.0)
+    member.stats.succeeded += 5
+    fleet._on_overloaded(member, sent=time.monotonic(), in_flight_at_send=20)  # refused at fewer: room shrank
+    assert member.stats.limit == pytest.approx(19.0) and member.stats.decreases == 3
+
+
+def test_the_slot_above_a_found_edge_is_probed_slowly():
+    fleet = Fleet([FleetEndpoint(_Idle())], FleetConfig(default_limit=8, edge_probe_rounds=4))
+    member = fleet.members[0]
+    member.stats.limit = 12.0
+    fleet._on_overloaded(member, sent=time.monotonic(), in_flight_at_send=9)  # edge 8, refused at 9
+    successes = 0
+    while member.stats.limit < 9.0:
+        member.stats.in_flight = math.floor(member.stats.limit)  # the limit holds requests back
+        fleet._on_success(member, None, sent=time.monotonic())
+        successes += 1
+    assert successes == pytest.approx(4 * 8, abs=2)  # four round trips, not one
+    successes = 0
+    while member.stats.limit < 10.0:  # past the edge: one round trip per step again
+        member.stats.in_flight = math.floor(member.stats.limit)
+        fleet._on_success(member, None, sent=time.monotonic())
+        successes += 1
+    assert successes == pytest.approx(9, abs=1)
 
 
 def test_a_transient_5xx_is_resent_to_the_same_endpoint_once_it_answers_others():
