@@ -46,6 +46,35 @@ def test_spool_writes_what_write_dataset_repo_writes(tmp_path, scored, prompt):
     assert not list((tmp_path / "scratch").iterdir())  # the spool cleans up
 
 
+def test_a_row_in_several_configs_is_spooled_once(tmp_path, monkeypatch):
+    """RLHN's configs share their unchanged rows: each distinct row object of a chunk is converted
+    once; a changed row (false negatives moved or removed) is another row. The shards are what a
+    one-shot write makes, in every config."""
+    import builders.streaming as streaming
+
+    converted = []
+    real = streaming.tevatron_table
+    monkeypatch.setattr(streaming, "tevatron_table", lambda rows, **kw: converted.extend(rows) or real(rows, **kw))
+    monkeypatch.setattr(streaming, "SPOOL_SLICE_ROWS", 4)  # several row groups per chunk
+    rows = [_row(i, scored=False) for i in range(30)]
+    moved = {i: rows[i].with_passages(positives=[*rows[i].positive_passages, rows[i].negative_passages[0]],
+                                      negatives=rows[i].negative_passages[1:]) for i in range(0, 30, 4)}
+    kept = {i: rows[i].with_passages(negatives=rows[i].negative_passages[1:]) for i in moved}
+    configs = {"default": rows, "remove": [r for i, r in enumerate(rows) if i not in moved],
+               "hn_remove": [kept.get(i, r) for i, r in enumerate(rows)], "rlhn": [moved.get(i, r) for i, r in enumerate(rows)]}
+    write_dataset_repo(tmp_path / "once", configs, rows_per_shard=7)
+    spool = ConfigSpool(tmp_path / "spooled", scratch=tmp_path / "scratch")
+    for c in chunks(iter(range(30)), 9):
+        spool.add({name: [r for r in config_rows if int(r.query[1:]) in c] for name, config_rows in configs.items()}, [])
+    assert spool.finish(rows_per_shard=7) == {name: len(config_rows) for name, config_rows in configs.items()}
+    assert len(converted) == 30 + 2 * len(moved)  # not 4 x 30
+    files = {p.relative_to(tmp_path / "once") for p in (tmp_path / "once").rglob("*.parquet")}
+    assert files == {p.relative_to(tmp_path / "spooled") for p in (tmp_path / "spooled").rglob("*.parquet")} and len(files) == 4 * 5 - 1
+    for path in (tmp_path / "once").rglob("*.parquet"):
+        rel = path.relative_to(tmp_path / "once")
+        assert pq.read_table(path).equals(pq.read_table(tmp_path / "spooled" / rel)), rel
+
+
 def test_chunked_build_equals_the_build_in_one_chunk(tgi_stand_in, tmp_path, monkeypatch):
     servers, _ = stages_for(tgi_stand_in, subsets=("fiqa",))
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(replay_recipe_dict(servers[0].url, servers[1].url)))
