@@ -7,7 +7,8 @@
 Writes synthetic rows shaped like the BGE collection (``query, pos, neg``: 1 positive and 25
 negatives of ~80 words each, every passage distinct) to a jsonl file per size, then runs the
 real build (``builders.build.build``: read -> validate -> RLHN -> techniques -> parquet per
-config + card) on it in a fresh process and reads that process's peak RSS (``VmHWM``). The
+config + card) on it in a fresh process and reads that process's peak RSS (``VmHWM``), and
+beside it the peak of the reader process that reads and validates past the first chunk. The
 subset is listed in ``rlhn.never_edit_subsets``, so no judge is called: this measures
 the data path, not an endpoint. Prints both figures and their ratio (flat memory: a ratio
 near 1 while the rows grow 10x) and whether the peak at the largest size is within 10 % of
@@ -80,7 +81,12 @@ def child(source: str, out: str, overrides: list[str]) -> None:
     recipe = load_recipe(None, base + [tuple(o.split("=", 1)) for o in overrides])
     started = time.perf_counter()
     report = build(recipe, "python bench/memory_rows.py", progress=False, out=io.StringIO())
-    print(json.dumps({"peak_rss_mib": peak_rss_mib(), "seconds": time.perf_counter() - started, "rows": report["configs"]}))
+    import resource
+
+    # the reader process (past the first chunk, builders.sources.reader_process) is a child of this one
+    reader = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"peak_rss_mib": peak_rss_mib(), "reader_peak_rss_mib": reader,
+                      "seconds": time.perf_counter() - started, "rows": report["configs"]}))
 
 
 def measure(n: int, workdir: Path, overrides: list[str]) -> dict:
@@ -113,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="hardneg-memory-") as tmp:
         for n in args.rows:
             r = results[n] = measure(n, Path(tmp), args.set)
-            print(f"{n:>9,} rows ({r['source_mib']:,.0f} MiB of jsonl): peak RSS {r['peak_rss_mib']:,.0f} MiB, build {r['seconds']:,.1f} s", flush=True)
+            print(f"{n:>9,} rows ({r['source_mib']:,.0f} MiB of jsonl): peak RSS {r['peak_rss_mib']:,.0f} MiB "
+                  f"(+ the reader process's {r['reader_peak_rss_mib']:,.0f} MiB), build {r['seconds']:,.1f} s", flush=True)
     lo, hi = min(args.rows), max(args.rows)
     print(f"peak RSS ratio {hi:,} / {lo:,} rows: {results[hi]['peak_rss_mib'] / results[lo]['peak_rss_mib']:.2f} (rows x{hi / lo:g})")
     met = results[hi]["peak_rss_mib"] <= 1.1 * args.goal_mib

@@ -27,10 +27,11 @@ from builders.output.dataset_info import describe_configs
 from builders.output.writers import configs_yaml_entries
 from builders.recipe import Recipe, judge_plan, recipe_to_dict, selected
 from builders.rows import QueryRow
+from builders.sources.reader_process import ChunkReader
 from builders.sources.readers import read_sources
 from builders.sources.shard_rows import Shard, select_records
 from builders.sources.validate import ValidationReport, validate
-from builders.streaming import ConfigSpool, ResultAccumulator, add_judge_runs, add_ledger, arrow_system_pool, chunks, limit_malloc_arenas
+from builders.streaming import ConfigSpool, ResultAccumulator, add_judge_runs, add_ledger, arrow_system_pool, limit_malloc_arenas
 from cards.dataset_card import DatasetCardInfo, write_dataset_card
 
 
@@ -50,6 +51,12 @@ def iter_rows(recipe: Recipe, report: ValidationReport, progress: bool = True, s
         raise ValueError("the recipe names no `sources`")
     records = tqdm(select_records(read_sources(recipe.sources), shard), desc="read+validate" if shard is None else f"read+validate (shard {shard})", unit="row", disable=not progress, dynamic_ncols=True)
     return validate(records, recipe.validation.policy, report)
+
+
+def row_chunks(recipe: Recipe, report: ValidationReport, progress: bool = True, shard: Shard | None = None) -> ChunkReader:
+    """The build's validated rows in chunks of ``chunk_rows(recipe)``; past the first chunk they are
+    read and validated in a reader process (``builders.sources.reader_process``)."""
+    return ChunkReader(recipe.sources, recipe.validation.policy, report, chunk_rows(recipe), shard, progress)
 
 
 def load_rows(recipe: Recipe, progress: bool = True, shard: Shard | None = None) -> tuple[list[QueryRow], ValidationReport]:
@@ -102,7 +109,7 @@ def dry_run(recipe: Recipe, progress: bool = True, out=None) -> dict:
 LOOKAHEAD_CHUNKS = 1  # chunks judged ahead of the one being finished and written
 
 
-async def _judge_chunks(recipe: Recipe, rows, spool: ConfigSpool, progress: bool, backends: dict[str, Backend] | None = None):
+async def _judge_chunks(recipe: Recipe, source, spool: ConfigSpool, progress: bool, backends: dict[str, Backend] | None = None):
     """Every method the recipe names over the row stream, a chunk at a time (``chunk_rows``),
     with the judges built once: configs and judgments go to the spool, counts and ledgers are
     summed chunk by chunk.
@@ -144,7 +151,6 @@ async def _judge_chunks(recipe: Recipe, rows, spool: ConfigSpool, progress: bool
         add_judge_runs(total.judge_runs, run.judge_runs)
         subsets.update(r.subset for r in chunk)
 
-    source = chunks(rows, chunk_rows(recipe))
     running: deque[tuple[list[QueryRow], asyncio.Task]] = deque()  # chunks being judged, oldest first
     try:
         with JudgmentStore(store_path(recipe)) as store:
@@ -210,7 +216,11 @@ def build(recipe: Recipe, command: str, progress: bool = True, out=None, shard: 
     spool = ConfigSpool(folder, scratch=store_path(recipe).parent, bge_jsonl=recipe.output.bge_jsonl)
     calls_pool = pa.default_memory_pool()
     try:
-        run, stored, subsets = asyncio.run(_judge_chunks(recipe, iter_rows(recipe, vreport, progress, shard), spool, progress, backends))
+        source = row_chunks(recipe, vreport, progress, shard)
+        try:
+            run, stored, subsets = asyncio.run(_judge_chunks(recipe, source, spool, progress, backends))
+        finally:
+            source.close()
         arrow_system_pool()  # the calls are over: Arrow gives back what it frees while the shards are written
         written = spool.finish(recipe.output.rows_per_shard)
     except BaseException:
