@@ -101,12 +101,22 @@ class Window:
         return f"{self.row.subset}/{self.row.query_id}/{self.start}/{md5(ids)[:12]}"
 
 
+_SPACES_BUT_SPACE = tuple(c for c in map(chr, range(128)) if c.isspace() and c != " ")  # what str.split() also splits on
+
+
+def _collapsed(text: str) -> bool:
+    """``text`` is already what ``" ".join(text.split())`` makes of it: checked with a few
+    substring scans (ASCII text only), ~5x cheaper than splitting and joining a passage."""
+    return (text.isascii() and "  " not in text and text[:1] != " " and text[-1:] != " "
+            and not any(c in text for c in _SPACES_BUT_SPACE))
+
+
 def _clip(text: str, max_words: int | None) -> str:
-    text = " ".join(text.split())
+    """Whitespace collapsed to single spaces; at most ``max_words`` words, then " …"."""
     if max_words is None:
-        return text
-    words = text.split(" ")
-    return text if len(words) <= max_words else " ".join(words[:max_words]) + " …"
+        return text if _collapsed(text) else " ".join(text.split())
+    words = text.split() or [""]  # (an empty text is one empty word, as before)
+    return " ".join(words) if len(words) <= max_words else " ".join(words[:max_words]) + " …"
 
 
 def variant_of(row: QueryRow, s: RlhnSettings) -> str:

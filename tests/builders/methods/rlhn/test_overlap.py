@@ -78,3 +78,4 @@ def test_stage2_starts_before_stage1_ends_and_the_output_is_unchanged(tgi_stand_
         la, lb = (next(iter(r["judge_runs"][stage].values())) for r in (a, b))
         keys = ("items", "ok", "cached") + (() if stage2_faults else ("calls",))
         assert {k: la[k] for k in keys} == {k: lb[k] for k in keys}
+
