@@ -24,6 +24,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -79,14 +80,32 @@ def child(source: str, out: str, overrides: list[str]) -> None:
         ("output.store", out + "/judgments.sqlite"),
     ]
     recipe = load_recipe(None, base + [tuple(o.split("=", 1)) for o in overrides])
+    stop, reader = threading.Event(), {"peak": 0.0}
+    watcher = threading.Thread(target=watch_reader, args=(stop, reader), daemon=True)
+    watcher.start()
     started = time.perf_counter()
     report = build(recipe, "python bench/memory_rows.py", progress=False, out=io.StringIO())
-    import resource
+    seconds = time.perf_counter() - started
+    stop.set()
+    watcher.join()
+    print(json.dumps({"peak_rss_mib": peak_rss_mib(), "reader_peak_rss_mib": reader["peak"],
+                      "seconds": seconds, "rows": report["configs"]}))
 
-    # the reader process (past the first chunk, builders.sources.reader_process) is a child of this one
-    reader = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"peak_rss_mib": peak_rss_mib(), "reader_peak_rss_mib": reader,
-                      "seconds": time.perf_counter() - started, "rows": report["configs"]}))
+
+def watch_reader(stop: threading.Event, reader: dict) -> None:
+    """The peak RSS (VmHWM) of the build's reader process (``builders.sources.reader_process``,
+    a child of this process past the first chunk), read from /proc every 0.1 s."""
+    while not stop.wait(0.1):
+        for children in Path("/proc/self/task").glob("*/children"):
+            for pid in children.read_text().split():
+                try:
+                    if b"reader_process" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        continue
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            reader["peak"] = max(reader["peak"], int(line.split()[1]) / 1024)
+                except OSError:
+                    continue  # it ended meanwhile
 
 
 def measure(n: int, workdir: Path, overrides: list[str]) -> dict:

@@ -31,7 +31,7 @@ from builders.sources.reader_process import ChunkReader
 from builders.sources.readers import read_sources
 from builders.sources.shard_rows import Shard, select_records
 from builders.sources.validate import ValidationReport, validate
-from builders.streaming import ConfigSpool, ResultAccumulator, add_judge_runs, add_ledger, arrow_system_pool, limit_malloc_arenas
+from builders.streaming import ConfigSpool, ResultAccumulator, add_judge_runs, add_ledger, arrow_system_pool, limit_malloc_arenas, trim_malloc
 from cards.dataset_card import DatasetCardInfo, write_dataset_card
 
 
@@ -150,6 +150,7 @@ async def _judge_chunks(recipe: Recipe, source, spool: ConfigSpool, progress: bo
         add_ledger(total.ledger, run.ledger)
         add_judge_runs(total.judge_runs, run.judge_runs)
         subsets.update(r.subset for r in chunk)
+        trim_malloc()  # the chunk before this one is gone: its pages go back (flat memory)
 
     running: deque[tuple[list[QueryRow], asyncio.Task]] = deque()  # chunks being judged, oldest first
     try:

@@ -16,7 +16,7 @@ def md5(text: str) -> str:
     return hashlib.md5(text.encode("utf-8")).hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a build holds ~50,000 passages per chunk in memory
 class Passage:
     docid: str
     text: str
@@ -30,13 +30,16 @@ class Passage:
     def to_dict(self) -> dict:
         return {"docid": self.docid, "title": self.title, "text": self.text}
 
+    def __reduce__(self):  # the reader process sends rows pickled: a short pickle, through __init__
+        return Passage, (self.docid, self.text, self.title, self.score)
+
     @property
     def full_text(self) -> str:
         """Title folded into text, the way RLHN publishes passages (empty title)."""
         return f"{self.title} {self.text}".strip() if self.title else self.text
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class QueryRow:
     query_id: str
     query: str
@@ -50,6 +53,10 @@ class QueryRow:
     @classmethod
     def from_query(cls, query: str, positives, negatives, subset: str, **kw) -> QueryRow:
         return cls(md5(query), query, tuple(positives), tuple(negatives), subset, **kw)
+
+    def __reduce__(self):  # through __init__, as ``Passage.__reduce__``
+        return QueryRow, (self.query_id, self.query, self.positive_passages, self.negative_passages, self.subset,
+                          self.prompt, self.type, self.extra)
 
     def with_passages(self, positives=None, negatives=None) -> QueryRow:
         return replace(

@@ -30,6 +30,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from itertools import islice
+from multiprocessing import BufferTooShort as BufferTooShortError
 from multiprocessing.connection import Connection
 
 from builders.rows import QueryRow
@@ -87,6 +88,9 @@ class ChunkReader:
         self._process = None
         self._conn = None
         self._leftover: list[QueryRow] = []
+        # one receive buffer, reused: a fresh bytes object per message (a batch is ~3 MB) left
+        # glibc's heap fragmented between the rows that outlive it (+140 MiB at 100K BGE rows)
+        self._buffer = bytearray(1 << 22)
         self._lock = threading.Lock()
 
     def __iter__(self) -> Iterator[list[QueryRow]]:
@@ -149,7 +153,14 @@ class ChunkReader:
 
     def _receive(self) -> list[QueryRow]:
         try:
-            kind, *payload = self._conn.recv()
+            try:
+                size = self._conn.recv_bytes_into(self._buffer)
+            except BufferTooShortError as short:  # a bigger message than any before: a bigger buffer, kept
+                message = short.args[0]
+                self._buffer = bytearray(len(message))
+                self._buffer[:] = message
+                size = len(message)
+            kind, *payload = pickle.loads(memoryview(self._buffer)[:size])
         except EOFError:
             self._done = True
             code = self._process.wait(5)
