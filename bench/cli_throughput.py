@@ -26,7 +26,9 @@ Each scenario runs with every ``--chunk-rows`` value (by default: the recipe's d
 chunks, i.e. 2 chunks of the 6,000 rows; one chunk; and 1000-row chunks);
 ``--direct`` also runs ``bench/annotate_throughput.py``'s builder client on the same servers, so
 the gap between the two paths is visible; each chunked run's share is printed beside the one-chunk
-run's (goal: within ``GAP_GOAL``). Exits 1 when a goal is missed.
+run's (goal: within ``GAP_GOAL``). The share goals above are the default settings' (``default``);
+every run must lose nothing, and every other chunking answers to the gap goal. Exits 1 when a goal
+is missed.
 
     python bench/cli_throughput.py                        # 6,000 rows, a/b/c, default, null and 1000 (~6 min)
     python bench/cli_throughput.py --repeat 3             # median of 3 runs each (~18 min; a run varies ~0.02 here)
@@ -184,6 +186,9 @@ def render(results: list[dict]) -> str:
         if r["path"] == "cli" and goal is not None:
             met = r["lost"] == 0 and r["share"] >= goal
             verdict = f">= {goal:.2f}, 0 lost: {'MET' if met else 'NOT MET'}"
+            if r["chunk_rows"] != DEFAULT:  # the share goal is the default settings'; these answer to the gap goal
+                role = "the gaps' reference" if r["chunk_rows"] is None else "its gap below"
+                verdict = f"0 lost: {'MET' if r['lost'] == 0 else 'NOT MET'}; share: {role}"
         lines.append(f"{r['scenario']:<9}{r['path']:<7}{str(r['chunk_rows']):>11}{r['stage_wall_s']:>9.2f}"
                      f"{r['rows'] / r['capacity']:>9.2f}{r['share']:>7.3f}{r['requests']:>9}{r['retries']:>8}{r['lost']:>6}"
                      f"{r['server_429']:>6}{r['cpu_ms_per_request']:>11.2f}  {verdict}"
@@ -244,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmachine: {os.cpu_count()} cores, load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}")
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=1))
-    ok = all(r["lost"] == 0 and r["share"] >= GOALS.get(r["scenario"], 0.0) for r in results if r["path"] == "cli")
+    cli = [r for r in results if r["path"] == "cli"]
+    ok = all(r["lost"] == 0 for r in cli) and all(r["share"] >= GOALS.get(r["scenario"], 0.0) for r in cli if r["chunk_rows"] == DEFAULT)
     ok = ok and all(gap >= -GAP_GOAL for _, _, gap in gaps)
     return 0 if ok else 1
 
