@@ -88,8 +88,8 @@ class ChunkReader:
         self._process = None
         self._conn = None
         self._leftover: list[QueryRow] = []
-        # one receive buffer, reused: a fresh bytes object per message (a batch is ~3 MB) left
-        # glibc's heap fragmented between the rows that outlive it (+140 MiB at 100K BGE rows)
+        # one receive buffer, reused (a batch is ~3 MB): not a fresh bytes object per message in
+        # the heap between the rows that outlive it (peak RSS: ``bench/memory_rows.py``)
         self._buffer = bytearray(1 << 22)
         self._lock = threading.Lock()
 
