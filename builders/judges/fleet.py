@@ -34,7 +34,8 @@ caller, whose retry path (``builders.judges.annotate``) backs off and tries agai
 moved: the request is wrong.
 
 An endpoint is dead when ``dead_after`` consecutive attempts failed and no call sent before
-the first of them is still being served (fast 503s beside slow answers are not death). A dead
+the last of them is still being served (fast 503s beside slow answers are not death, even when
+a stalled loop reads a bunch of them before the answers that came with them). A dead
 endpoint gets no calls; a task probes ``GET /health`` on a jittered exponential backoff and
 rejoins it (with a fresh ``/info`` limit, in slow start). Endpoints without a URL rejoin on the backoff with limit 1
 (one request tests them). No threads: everything runs on the caller's event loop.
@@ -410,13 +411,11 @@ class Fleet(Backend):
         stats.failed += 1
         if error.kind == "validation":
             return  # the request's fault, not the endpoint's
-        if member.consecutive_failures == 0:
-            member.streak_started = sent
         member.consecutive_failures += 1
         if member.consecutive_failures < self.config.dead_after or not stats.healthy:
             return
-        if any(started < member.streak_started for started in member.sent.values()):
-            return  # calls sent before the failures began are still being served: it is alive
+        if any(started < sent for started in member.sent.values()):
+            return  # a call sent before this failed one is still being served: it is alive
         self._mark_dead(member, error)
 
     def _mark_dead(self, member: FleetMember, error: EndpointError) -> None:

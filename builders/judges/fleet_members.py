@@ -101,7 +101,6 @@ class FleetMember:
         self.succeeded_at_cut = -math.inf  # the success count at the last cut
         self.refused_at = 0  # our calls in flight (the refused one included) when the last cut's 429 was sent
         self.consecutive_failures = 0
-        self.streak_started = 0.0  # when the current run of failures began
         self.sent: dict[int, float] = {}  # ticket -> send time of each call in flight
         self.probe: asyncio.Task | None = None
 
