@@ -28,9 +28,8 @@ from builders.output.writers import configs_yaml_entries
 from builders.recipe import Recipe, judge_plan, recipe_to_dict, selected
 from builders.rows import QueryRow
 from builders.sources.reader_process import ChunkReader
-from builders.sources.readers import read_sources
-from builders.sources.shard_rows import Shard, select_records
-from builders.sources.validate import ValidationReport, validate
+from builders.sources.shard_rows import Shard
+from builders.sources.validate import ValidationReport
 from builders.streaming import ConfigSpool, ResultAccumulator, add_judge_runs, add_ledger, arrow_system_pool, limit_malloc_arenas, trim_malloc
 from cards.dataset_card import DatasetCardInfo, write_dataset_card
 
@@ -43,16 +42,6 @@ def report_path(recipe: Recipe) -> Path:
     return store_path(recipe).parent / "build_report.json"
 
 
-def iter_rows(recipe: Recipe, report: ValidationReport, progress: bool = True, shard: Shard | None = None):
-    """Validated rows as a stream, in source order (``report`` fills as it is consumed)."""
-    from tqdm.auto import tqdm
-
-    if not recipe.sources:
-        raise ValueError("the recipe names no `sources`")
-    records = tqdm(select_records(read_sources(recipe.sources), shard), desc="read+validate" if shard is None else f"read+validate (shard {shard})", unit="row", disable=not progress, dynamic_ncols=True)
-    return validate(records, recipe.validation.policy, report)
-
-
 def row_chunks(recipe: Recipe, report: ValidationReport, progress: bool = True, shard: Shard | None = None) -> ChunkReader:
     """The build's validated rows in chunks of ``chunk_rows(recipe)``; past the first chunk they are
     read and validated in a reader process (``builders.sources.reader_process``)."""
@@ -60,9 +49,9 @@ def row_chunks(recipe: Recipe, report: ValidationReport, progress: bool = True, 
 
 
 def load_rows(recipe: Recipe, progress: bool = True, shard: Shard | None = None) -> tuple[list[QueryRow], ValidationReport]:
-    """All rows that pass validation, in a list (the dry run); the build streams ``iter_rows``."""
+    """All rows that pass validation, in a list (the dry run); the build streams ``row_chunks``."""
     report = ValidationReport()
-    rows = list(iter_rows(recipe, report, progress, shard))
+    rows = next(ChunkReader(recipe.sources, recipe.validation.policy, report, None, shard, progress))  # one chunk: no reader process
     return rows, report
 
 
