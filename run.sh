@@ -3,7 +3,7 @@
 #   ./run.sh demo   set up .venv, then build the bundled sample with the local SmolLM2 judge (offline)
 #   ./run.sh test   set up .venv, then run the test suite
 #   ./run.sh setup  only set up .venv
-#   ./run.sh experiment [--quick]   set up .venv, then rerun the SciFact negatives table (experiments/scifact_negatives)
+#   ./run.sh experiment [--dataset nfcorpus|scifact] [--quick]   set up .venv, then rerun a "does cleaning help?" table (experiments/negatives)
 # The venv lives in $HARDNEG_VENV (default: .venv in this folder). Set-up is idempotent:
 # a stamp file keyed by pyproject.toml's hash skips the install when nothing changed.
 set -euo pipefail
@@ -37,6 +37,6 @@ case "$cmd" in
   setup) setup ;;
   demo)  setup; HF_HUB_OFFLINE=1 "$venv/bin/python" -m builders.cli recipes/sample.yaml "$@" ;;
   test)  setup; HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest "$@" ;;
-  experiment) setup; HF_HUB_OFFLINE=1 "$venv/bin/python" -m experiments.scifact_negatives "$@" ;;
+  experiment) setup; HF_HUB_OFFLINE=1 "$venv/bin/python" -m experiments.negatives "$@" ;;
   *) echo "usage: ./run.sh {demo|test|setup|experiment} [args...]" >&2; exit 2 ;;
 esac

@@ -101,8 +101,8 @@ def test_arrows_point_one_way():
 
 def test_experiments_are_seen_and_import_the_packages():
     g = graph()
-    assert "experiments.scifact_negatives.run" in g
-    assert any(d.startswith("builders") for d in g["experiments.scifact_negatives.run"])
+    assert "experiments.negatives.run" in g
+    assert any(d.startswith("builders") for d in g["experiments.negatives.run"])
 
 
 def test_folders_stay_walkable():

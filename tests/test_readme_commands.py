@@ -96,8 +96,8 @@ def parse(argv: list[str]) -> None:
         from trainers.evaluate import parser
 
         parser().parse_args(argv[3:])
-    elif argv[:3] == ["python", "-m", "experiments.scifact_negatives"]:
-        from experiments.scifact_negatives.run import parser
+    elif argv[:3] == ["python", "-m", "experiments.negatives"]:
+        from experiments.negatives.run import parser
 
         parser().parse_args(argv[3:])
     elif argv[0] in ("./run.sh", "bash"):

@@ -130,25 +130,42 @@ def mrr_at_k(ranked: Sequence[str], rels: dict[str, int], k: int = 10) -> float:
     return 0.0
 
 
+def query_metrics(ranked: Sequence[str], rels: dict[str, int], k_values: Sequence[int] = DEFAULT_K_VALUES,
+                  binary: bool = False) -> dict[str, float]:
+    """nDCG@10, MRR@10 and Recall@k of one query's ranking."""
+    out = {"ndcg@10": ndcg_at_k(ranked, rels, 10, binary), "mrr@10": mrr_at_k(ranked, rels, 10)}
+    out.update({f"recall@{k}": recall_at_k(ranked, rels, k) for k in k_values})
+    return out
+
+
 def compute_metrics(
     run: dict[str, list[str]], qrels: dict[str, dict[str, int]], k_values: Sequence[int] = DEFAULT_K_VALUES,
-    binary: bool = False,
+    binary: bool = False, per_query: dict | None = None,
 ) -> dict[str, float]:
     """Mean metrics over the queries of ``qrels``; a query absent from ``run`` scores 0.
 
     ``binary``: nDCG with gain 1 for every grade > 0 (what tools that read qrels as a set of relevant
     documents report, e.g. sentence-transformers' InformationRetrievalEvaluator); graded by default.
+    ``per_query``: a dict that receives each query's metrics (``{qid: {metric: value}}``), for paired tests.
     """
     names = ["ndcg@10", "mrr@10"] + [f"recall@{k}" for k in k_values]
     sums = dict.fromkeys(names, 0.0)
     for qid, rels in qrels.items():
-        ranked = run.get(qid, [])
-        sums["ndcg@10"] += ndcg_at_k(ranked, rels, 10, binary)
-        sums["mrr@10"] += mrr_at_k(ranked, rels, 10)
-        for k in k_values:
-            sums[f"recall@{k}"] += recall_at_k(ranked, rels, k)
+        one = query_metrics(run.get(qid, []), rels, k_values, binary)
+        if per_query is not None:
+            per_query[qid] = {name: round(one[name], 6) for name in names}
+        for name in names:
+            sums[name] += one[name]
     n = max(len(qrels), 1)
     return {name: round(total / n, 6) for name, total in sums.items()}
+
+
+def write_per_query(path: str | Path, per_query: dict, split: str, beir_dir: str | Path) -> Path:
+    """``{"beir": ..., "split": ..., "queries": {qid: {metric: value}}}`` (what ``--per-query-out`` writes)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"beir": str(beir_dir), "split": split, "queries": per_query}) + "\n")
+    return path
 
 
 # ---------------------------------------------------------------- retrieval
@@ -208,12 +225,18 @@ def evaluate_embedder(
     chunk_size: int = 2048,
     show_progress: bool = True,
     binary: bool = False,
+    per_query_out: str | Path | None = None,
 ) -> dict[str, float]:
-    """nDCG@10, MRR@10 and Recall@k of a SentenceTransformer (or its saved folder) on a BEIR folder."""
+    """nDCG@10, MRR@10 and Recall@k of a SentenceTransformer (or its saved folder) on a BEIR folder;
+    ``per_query_out``: also write each query's metrics there (:func:`write_per_query`)."""
     model = _as_sentence_transformer(model_or_path)
     data = load_beir(beir_dir, split)
     results = exact_search(model, data, max(k_values), batch_size, chunk_size, show_progress)
-    return compute_metrics(_ranked_ids(results), data.qrels, k_values, binary)
+    per_query: dict | None = {} if per_query_out else None
+    metrics = compute_metrics(_ranked_ids(results), data.qrels, k_values, binary, per_query)
+    if per_query_out:
+        write_per_query(per_query_out, per_query, split, beir_dir)
+    return metrics
 
 
 def rerank(
@@ -286,6 +309,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--binary", action="store_true", help="nDCG with gain 1 for any grade > 0 (default: graded)")
     p.add_argument("--json-out", help="also write the metrics JSON here")
+    p.add_argument("--per-query-out", help="also write each query's metrics here (embedder; for paired tests)")
     return p
 
 
@@ -302,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif args.model:
         results = {"embedder": evaluate_embedder(args.model, args.beir, args.split, k_values, args.batch_size,
-                                                 binary=args.binary)}
+                                                 binary=args.binary, per_query_out=args.per_query_out)}
     else:
         p.error("give --model (embedder) and/or --reranker")
     print(format_table(results))

@@ -96,7 +96,7 @@ def test_dataset_info_goes_into_the_yaml_that_datasets_reads():
 def test_see_also_links_are_listed_only_when_given():
     info = _info([_result("rlhn", [], {})])
     assert "## See also" not in render_dataset_card(info)
-    info.see_also = ["experiments/scifact_negatives/results.md"]
+    info.see_also = ["experiments/negatives/scifact/results.md"]
     card = render_dataset_card(info)
-    assert "## See also\n\n- experiments/scifact_negatives/results.md\n" in card
+    assert "## See also\n\n- experiments/negatives/scifact/results.md\n" in card
     assert card.index("## See also") < card.index("## Reproduce")

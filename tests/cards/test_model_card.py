@@ -96,5 +96,5 @@ def test_cited_methods_and_local_paths_not_in_metadata(tmp_path):
 
 def test_see_also_links_are_listed_only_when_given():
     assert "## See also" not in render_model_card(embedder_info())
-    card = render_model_card(embedder_info(see_also=["experiments/scifact_negatives/results.md"]))
-    assert "## See also\n\n- experiments/scifact_negatives/results.md\n" in card
+    card = render_model_card(embedder_info(see_also=["experiments/negatives/scifact/results.md"]))
+    assert "## See also\n\n- experiments/negatives/scifact/results.md\n" in card

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from builders.agreement import read_human_labels
-from experiments.scifact_negatives.mine import (
+from experiments.negatives.mine import (
     MinedRow,
     known_false_negatives,
     mine_from_ranking,
@@ -11,7 +11,7 @@ from experiments.scifact_negatives.mine import (
     tevatron_row,
     write_labels,
 )
-from experiments.scifact_negatives.variants import merge_judged, oracle_row, training_rows
+from experiments.negatives.variants import merge_judged, oracle_row, training_rows
 
 DOCS = {d: {"_id": d, "title": f"t{d}", "text": f"text of {d}"} for d in "abcdefgh"}
 
@@ -50,16 +50,19 @@ def test_held_out_split_is_seeded_per_query():
 
 def test_oracle_moves_known_false_negatives_to_the_positives():
     row = MinedRow("7", "claim", ["a"], ["b", "h"], ["e", "b", "f"])  # h held out but not mined
-    o = oracle_row(row, DOCS)
+    o = oracle_row(row, DOCS, "scifact")
     assert [p["docid"] for p in o["positive_passages"]] == ["a", "b"]
     assert [p["docid"] for p in o["negative_passages"]] == ["e", "f"]
-    d = tevatron_row(row, DOCS)
+    r = oracle_row(row, DOCS, "scifact", relabel=False)  # hn_remove's shape: dropped, not moved
+    assert [p["docid"] for p in r["positive_passages"]] == ["a"]
+    assert [p["docid"] for p in r["negative_passages"]] == ["e", "f"]
+    d = tevatron_row(row, DOCS, "scifact")
     assert [p["docid"] for p in d["negative_passages"]] == ["e", "b", "f"] and d["query_id"] == "scifact-7"
 
 
 def test_labels_file_reads_with_builders_agreement(tmp_path):
     rows = [MinedRow("7", "claim", ["a"], ["b"], ["e", "b"]), MinedRow("8", "other", ["c"], [], ["d"])]
-    labels = read_human_labels(write_labels(tmp_path / "l.tsv", rows))
+    labels = read_human_labels(write_labels(tmp_path / "l.tsv", rows, "scifact"))
     assert labels == {("scifact-7", "e"): 0, ("scifact-7", "b"): 1, ("scifact-8", "d"): 0}
 
 
@@ -73,7 +76,7 @@ def test_training_rows_keep_every_false_negative_row():
 
 
 def test_judged_rows_replace_default_rows_only_where_the_method_has_them():
-    default = [tevatron_row(MinedRow(str(i), "q", ["a"], [], ["c", "d"]), DOCS) for i in range(3)]
+    default = [tevatron_row(MinedRow(str(i), "q", ["a"], [], ["c", "d"]), DOCS, "scifact") for i in range(3)]
     edited = dict(default[1], positive_passages=default[1]["positive_passages"] + default[1]["negative_passages"][:1],
                   negative_passages=default[1]["negative_passages"][1:])
     merged, replaced = merge_judged(default, [edited])
@@ -83,10 +86,49 @@ def test_judged_rows_replace_default_rows_only_where_the_method_has_them():
 
 
 def test_judged_rows_are_half_with_a_false_negative_and_fill_from_the_other_kind():
-    from experiments.scifact_negatives.variants import judged_rows
+    from experiments.negatives.variants import judged_rows
 
     rows = [MinedRow(str(i), "q", ["a"], ["b"] if i < 10 else [], ["b", "c"] if i < 10 else ["c"]) for i in range(30)]
     picked = judged_rows(rows, 6, seed=3)
     assert len(picked) == 6 and sum(1 for r in picked if r.false_negatives) == 3
     only_fn = [r for r in rows if r.false_negatives]
     assert len(judged_rows(only_fn, 4, seed=3)) == 4  # no rows without one: all four have one
+
+
+def test_nfcorpus_many_positive_queries_keep_one_and_their_mined_held_out_ones_are_the_known_fns():
+    """NFCorpus-shaped: string ids, ~40 labelled documents per query, most of the top ranks relevant."""
+    relevant = [f"MED-{i}" for i in range(1, 41)]
+    ranked = ["MED-7", "MED-900", "MED-3", "MED-12", "MED-901", "MED-33", "MED-902", "MED-5", "MED-903"]
+    row = mine_from_ranking("PLAIN-3", "q", ranked, relevant, negatives=7, seed=13)
+    assert len(row.positives) == 1 and row.positives[0] in relevant
+    assert sorted(row.positives + row.held_out) == sorted(relevant)  # nothing lost, nothing kept twice
+    assert row.positives[0] not in row.negatives and len(row.negatives) == 7
+    assert row.negatives == [d for d in ranked if d not in row.positives][:7]
+    assert row.false_negatives == [d for d in row.negatives if d in relevant and d != row.positives[0]]
+    assert len(row.false_negatives) == sum(1 for d in row.negatives if not d.startswith("MED-90"))
+
+
+def test_mining_a_beir_folder_with_string_ids_and_gzipped_qrels(tmp_path):
+    """``mine.mine`` over a tiny NFCorpus-shaped folder (the bundled MiniLM ranks it): held-out positives
+    mined as negatives are the known FNs, and rows come in natural id order (PLAIN-2 before PLAIN-10)."""
+    import gzip
+    import json
+
+    from experiments.negatives.mine import mine
+
+    docs = {"MED-1": "vitamin d and bone fractures in older adults", "MED-2": "vitamin d supplements reduce fractures",
+            "MED-3": "vitamin d deficiency and falls", "MED-4": "green tea and cancer risk", "MED-5": "coffee and sleep",
+            "MED-6": "broccoli sprouts sulforaphane", "MED-7": "meat and colon cancer"}
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"_id": k, "title": "", "text": v}) + "\n" for k, v in docs.items()))
+    (tmp_path / "queries.jsonl").write_text(json.dumps({"_id": "PLAIN-10", "text": "vitamin d fractures"}) + "\n"
+                                            + json.dumps({"_id": "PLAIN-2", "text": "green tea"}) + "\n")
+    with gzip.open(tmp_path / "qrels" / "train.tsv.gz", "wt") as f:
+        f.write("query-id\tcorpus-id\tscore\nPLAIN-10\tMED-1\t1\nPLAIN-10\tMED-2\t1\nPLAIN-10\tMED-3\t1\nPLAIN-2\tMED-4\t1\n")
+    rows = mine(tmp_path, negatives=3, seed=13, max_length=32)
+    assert [r.query_id for r in rows] == ["PLAIN-2", "PLAIN-10"]
+    vit = rows[1]
+    assert len(vit.positives) == 1 and len(vit.held_out) == 2 and len(vit.negatives) == 3
+    # two vitamin-D documents are held out and rank above tea / coffee for this query: both are mined as FNs
+    assert sorted(vit.false_negatives) == sorted(vit.held_out)
+    assert rows[0].false_negatives == []

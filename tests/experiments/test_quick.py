@@ -1,4 +1,4 @@
-"""``python -m experiments.scifact_negatives --quick`` end to end, the path a user runs, with every judge
+"""``python -m experiments.negatives --dataset scifact --quick`` end to end, the path a user runs, with every judge
 stage on the TGI stand-in (the one ``--judges`` flag): it mines, builds PercPos / RLHN / ARHN / CLEAR,
 trains every variant for 2 steps, evaluates and writes results.md + the plot. The numbers mean nothing;
 what is checked is that each step ran and the table holds what the run measured."""
@@ -47,18 +47,23 @@ def test_quick_mode_writes_the_table_and_plot(tmp_path, tgi_stand_in):
     judges = tmp_path / "judges.yaml"
     judges.write_text(yaml.safe_dump([{"kind": "tgi", "url": server.url, "model": "stand-in/judge"}]))
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "experiments.scifact_negatives", "--quick", "--judges", str(judges),
+    proc = subprocess.run([sys.executable, "-m", "experiments.negatives", "--dataset", "scifact", "--quick", "--judges", str(judges),
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     raw = json.loads((out / "results.json").read_text())
-    assert set(raw["metrics"]) == {"base", "default", "oracle", "percpos", "rlhn", "arhn", "clear"}
+    assert set(raw["metrics"]) == {"base", "default", "oracle_remove", "oracle_relabel", "percpos", "rlhn", "arhn", "clear"}
     for variant, runs in raw["metrics"].items():
         assert len(runs) == 1 and 0 < runs[0]["ndcg@10"] <= 1, variant
     counts, facts = raw["counts"], raw["facts"]
-    assert counts["default"]["rows"] == counts["oracle"]["rows"] == facts["train_rows"] == 24
-    # the oracle moves exactly the known false negatives of the training rows into the positives
-    assert counts["oracle"]["positives"] - counts["default"]["positives"] == facts["known_fn_train"] > 0
-    assert counts["oracle"]["negatives"] == counts["default"]["negatives"] - facts["known_fn_train"]
+    assert counts["default"]["rows"] == counts["oracle_relabel"]["rows"] == facts["train_rows"] == 24
+    # the oracles move exactly the known false negatives of the training rows into the positives, or drop them
+    assert counts["oracle_relabel"]["positives"] - counts["default"]["positives"] == facts["known_fn_train"] > 0
+    assert counts["oracle_relabel"]["negatives"] == counts["default"]["negatives"] - facts["known_fn_train"]
+    assert counts["oracle_remove"]["positives"] == counts["default"]["positives"]
+    assert counts["oracle_remove"]["negatives"] == counts["oracle_relabel"]["negatives"]
+    # every variant has its paired test against default over the same test queries
+    assert set(raw["paired"]) == {"base", "oracle_remove", "oracle_relabel", "percpos", "rlhn", "arhn", "clear"}
+    assert all(p["queries"] == facts["test_queries"] for p in raw["paired"].values())
     # the judges were the stand-in, and they were asked about the judged rows
     assert server.requests and facts["judges"] == str(judges)
     for method in ("rlhn", "arhn", "clear"):
@@ -68,9 +73,9 @@ def test_quick_mode_writes_the_table_and_plot(tmp_path, tgi_stand_in):
     agree = raw["agreement"]["rlhn"]["overall"]
     assert agree["n"] == 2 * facts["negatives"] and agree["table"]["human_0"]["judge_1"] + agree["table"]["human_1"]["judge_1"] == 2
     results = (out / "results.md").read_text()
-    assert "| oracle |" in results and "| base (no fine-tuning) |" in results and "Quick mode" in results
+    assert "| oracle_relabel |" in results and "## Paired test against `default`" in results and "| base (no fine-tuning) |" in results and "Quick mode" in results
     assert (out / "ndcg_per_variant.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     card = (out / "builds" / "rlhn" / "README.md").read_text()
-    assert "## See also" in card and "experiments/scifact_negatives/results.md" in card
-    model_card = (out / "models" / "oracle-s1" / "model" / "README.md").read_text()
-    assert "## See also" in model_card and "experiments/scifact_negatives/results.md" in model_card
+    assert "## See also" in card and "experiments.negatives/results.md" in card
+    model_card = (out / "models" / "oracle_relabel-s1" / "model" / "README.md").read_text()
+    assert "## See also" in model_card and "experiments.negatives/results.md" in model_card

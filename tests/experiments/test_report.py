@@ -1,20 +1,31 @@
-"""The table's arithmetic on a hand-made run: means, stds, deltas, precision/recall, the noise rule."""
+"""The table's arithmetic on a hand-made run: means, stds, deltas, precision/recall, the paired lines."""
 
 from __future__ import annotations
 
 import pytest
 
-from experiments.scifact_negatives.report import mean_std, noise_note, precision_recall, table
+from experiments.negatives.report import mean_std, paired_lines, precision_recall, table, verdicts
 
 
 def m(ndcg):
     return {"ndcg@10": ndcg, "recall@100": 0.9, "mrr@10": 0.5}
 
 
+def pair(mean, low, high, resolved):
+    return {"queries": 3, "mean_diff": mean, "ci_low": low, "ci_high": high, "t_p": 0.01, "wilcoxon_p": 0.00001,
+            "wins": 2, "losses": 1, "ties": 0, "resolved": resolved}
+
+
 RAW = {
-    "metrics": {"base": [m(0.60)], "default": [m(0.70), m(0.72), m(0.74)], "oracle": [m(0.71), m(0.74), m(0.77)]},
+    "facts": {"seeds": [1, 2, 3]},
+    "metrics": {"base": [m(0.60)], "default": [m(0.70), m(0.72), m(0.74)],
+                "oracle_relabel": [m(0.71), m(0.74), m(0.77)]},
     "counts": {"default": {"rows": 4, "positives": 4, "negatives": 16, "judge_answers": 0},
-               "oracle": {"rows": 4, "positives": 6, "negatives": 14, "judge_answers": 0}},
+               "oracle_relabel": {"rows": 4, "positives": 6, "negatives": 14, "judge_answers": 0}},
+    "paired": {"base": pair(-0.12, -0.2, -0.05, True), "oracle_relabel": pair(0.02, -0.01, 0.05, False),
+               "rlhn": pair(0.03, 0.01, 0.05, True)},
+    "agreement": {"rlhn": {"overall": {"kappa": 0.25, "table": {"human_1": {"judge_1": 3, "judge_0": 1},
+                                                                "human_0": {"judge_1": 6, "judge_0": 10}}}}},
 }
 
 
@@ -37,7 +48,19 @@ def test_precision_recall_from_the_confusion_table():
     assert precision_recall({"human_1": {"judge_1": 0, "judge_0": 2}, "human_0": {"judge_1": 0, "judge_0": 5}}) == (None, 0.0)
 
 
-def test_noise_rule():
-    assert "within seed noise" in noise_note(RAW["metrics"])  # +0.02 < 2 x 0.03
-    wide = {"default": [m(0.70), m(0.701), m(0.702)], "oracle": [m(0.75), m(0.751), m(0.752)]}
-    assert "larger than twice" in noise_note(wide)
+def test_paired_lines_put_the_ci_beside_the_agreement():
+    lines = paired_lines(RAW)
+    rlhn = next(x for x in lines if x.startswith("| rlhn |"))
+    assert "| +0.0300 | [+0.0100, +0.0500] | 0.0100 | < 0.0001 | 2 / 1 / 0 | yes | 0.250 | 0.333 | 0.750 |" in rlhn
+    oracle = next(x for x in lines if x.startswith("| oracle_relabel |"))
+    assert "| no | 1.000 | 1.000 | 1.000 |" in oracle  # the oracle is the known labels themselves
+    assert lines[2].startswith("| base (no fine-tuning) | -0.1200 |")
+
+
+def test_verdicts_say_which_differences_are_resolved():
+    text = "\n".join(verdicts(RAW))
+    assert "`rlhn` is **better** than `default`" in text
+    assert "the base model is **worse** than `default`" in text
+    assert "`oracle_relabel` vs `default` (+0.0200, CI [-0.0100, +0.0500]): **not resolved**" in text
+    assert "One seed" not in text
+    assert "One seed" in "\n".join(verdicts({**RAW, "facts": {"seeds": [1]}}))

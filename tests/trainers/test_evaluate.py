@@ -68,6 +68,17 @@ def test_compute_metrics_means_over_judged_queries_missing_run_scores_zero():
     assert m["recall@1"] == 0.0
 
 
+def test_per_query_metrics_average_to_the_means():
+    qrels = {"q1": {"d1": 2, "d2": 1, "d3": 0}, "q2": {"d5": 1}, "q3": {"d4": 1}}
+    run = {"q1": ["d3", "d1", "d4", "d2"], "q3": ["d4"]}
+    per_query: dict = {}
+    m = compute_metrics(run, qrels, k_values=(1, 2, 4), per_query=per_query)
+    assert set(per_query) == {"q1", "q2", "q3"}
+    assert per_query["q2"]["ndcg@10"] == 0.0 and per_query["q3"]["ndcg@10"] == 1.0 and per_query["q3"]["mrr@10"] == 1.0
+    for name in m:
+        assert m[name] == pytest.approx(sum(q[name] for q in per_query.values()) / 3, abs=1e-6)
+
+
 class HashEmbedder:
     """Deterministic bag-of-words embedder with the SentenceTransformer search surface."""
 
@@ -144,7 +155,9 @@ def test_bad_beir_folder_errors_name_file_and_line(tmp_path):
 
 def test_cli_minilm_on_beir_small(minilm_path, tmp_path, capsys):
     out = tmp_path / "m.json"
-    assert main(["--model", str(minilm_path), "--beir", str(BEIR_SMALL), "--json-out", str(out)]) == 0
+    per_query = tmp_path / "per_query.json"
+    assert main(["--model", str(minilm_path), "--beir", str(BEIR_SMALL), "--json-out", str(out),
+                 "--per-query-out", str(per_query)]) == 0
     printed = capsys.readouterr().out
     assert "| embedder |" in printed and "ndcg@10" in printed
     metrics = json.loads(out.read_text())["embedder"]
@@ -152,3 +165,5 @@ def test_cli_minilm_on_beir_small(minilm_path, tmp_path, capsys):
     assert 0.4 < metrics["ndcg@10"] <= 1.0
     assert metrics["recall@100"] >= metrics["recall@10"] >= metrics["recall@1"]
     assert not any(math.isnan(v) for v in metrics.values())
+    queries = json.loads(per_query.read_text())["queries"]  # each test query, averaging to the printed mean
+    assert queries and metrics["ndcg@10"] == pytest.approx(sum(q["ndcg@10"] for q in queries.values()) / len(queries), abs=1e-5)

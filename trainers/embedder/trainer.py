@@ -86,7 +86,9 @@ class EmbedderTrainer(Trainer):
             return {}
         from trainers.evaluate import evaluate_embedder
 
-        return evaluate_embedder(str(model_dir), self.cfg.eval_beir_dir, batch_size=self.cfg.per_device_eval_batch_size)
+        # each query's metrics beside train_summary.json: what a paired test between two runs reads
+        return evaluate_embedder(str(model_dir), self.cfg.eval_beir_dir, batch_size=self.cfg.per_device_eval_batch_size,
+                                 per_query_out=model_dir.parent / "eval_per_query.json")
 
     def write_card(self, model_dir: Path, summary: dict) -> None:
         """The model card (``cards.model_card``) next to the saved model."""

@@ -29,23 +29,45 @@ def precision_recall(table: dict) -> tuple[float | None, float | None]:
     return (tp / (tp + fp) if tp + fp else None), (tp / (tp + fn) if tp + fn else None)
 
 
-def noise_note(metrics: dict) -> str:
-    """oracle vs default against the seeds' spread (the rule: a difference under twice the larger std is noise)."""
-    if "oracle" not in metrics or "default" not in metrics:
-        return ""
-    o = [m["ndcg@10"] for m in metrics["oracle"]]
-    d = [m["ndcg@10"] for m in metrics["default"]]
-    (om, os_), (dm, ds) = mean_std(o), mean_std(d)
-    diff = om - dm
-    per_seed = ", ".join(fmt(a - b, 4, sign=True) for a, b in zip(o, d))
-    if len(o) < 2:
-        verdict = "one seed: no noise estimate"
-    elif abs(diff) < 2 * max(os_, ds):
-        verdict = f"within seed noise (|Δ| < 2 × the larger std, {2 * max(os_, ds):.4f})"
-    else:
-        verdict = f"larger than twice the larger seed std ({2 * max(os_, ds):.4f})"
-    return (f"oracle − default nDCG@10: {fmt(diff, 4, sign=True)} (per seed, same seed paired: {per_seed}); "
-            f"std over seeds: default {ds:.4f}, oracle {os_:.4f}: {verdict}.")
+def paired_lines(raw: dict) -> list[str]:
+    """Each variant vs ``default``, paired over the test queries (``stats.py``), beside its agreement with the
+    known false negatives: "a better judge -> a better model" is read off one table."""
+    from experiments.negatives.stats import fmt_p
+
+    lines = ["| variant | Δ nDCG@10 vs default | 95 % CI (bootstrap over queries) | paired t p | Wilcoxon p "
+             "| queries better / worse / tied | resolved | κ vs known FN | precision | recall |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for v, p in raw.get("paired", {}).items():
+        a = raw.get("agreement", {}).get(v)
+        if a:
+            prec, rec = precision_recall(a["overall"]["table"])
+            agree = f"{fmt(a['overall']['kappa'])} | {fmt(prec)} | {fmt(rec)}"
+        elif v.startswith("oracle"):
+            agree = "1.000 | 1.000 | 1.000"  # the known labels themselves
+        else:
+            agree = "– | – | –"
+        name = "base (no fine-tuning)" if v == "base" else v
+        lines.append(f"| {name} | {fmt(p['mean_diff'], 4, sign=True)} | [{fmt(p['ci_low'], 4, sign=True)}, "
+                     f"{fmt(p['ci_high'], 4, sign=True)}] | {fmt_p(p['t_p'])} | {fmt_p(p['wilcoxon_p'])} "
+                     f"| {p['wins']} / {p['losses']} / {p['ties']} | {'yes' if p['resolved'] else 'no'} | {agree} |")
+    return lines
+
+
+def verdicts(raw: dict) -> list[str]:
+    """The paired table in words: which differences from ``default`` are resolved, and which way."""
+    out = []
+    for v, p in raw.get("paired", {}).items():
+        name = "the base model" if v == "base" else f"`{v}`"
+        ci = f"{fmt(p['mean_diff'], 4, sign=True)}, CI [{fmt(p['ci_low'], 4, sign=True)}, {fmt(p['ci_high'], 4, sign=True)}]"
+        if p["resolved"]:
+            way = "better" if p["mean_diff"] > 0 else "worse"
+            out.append(f"- {name} is **{way}** than `default` ({ci}): resolved, the CI excludes 0.")
+        else:
+            out.append(f"- {name} vs `default` ({ci}): **not resolved**, the CI includes 0.")
+    seeds = len(raw["facts"]["seeds"])
+    if seeds < 2:
+        out.append("- One seed: the paired test covers the test queries' sampling, not training noise.")
+    return out
 
 
 def table(raw: dict) -> list[str]:
@@ -109,7 +131,7 @@ def plot(raw: dict, path: Path) -> Path:
     hi = max([m + s for m, s in stats] + [metrics["base"][0]["ndcg@10"]])
     pad = max(0.01, (hi - lo) * 0.5)
     ax.set_ylim(lo - pad, hi + pad)
-    ax.set_ylabel("nDCG@10 (SciFact test)")
+    ax.set_ylabel(f"nDCG@10 ({raw['facts'].get('title', 'SciFact')} test)")
     n = len(raw["facts"]["seeds"])
     ax.set_title(f"MiniLM fine-tuned per training-set variant: mean ± std over {n} seed(s), dots = seeds")
     ax.title.set_fontsize(9)
@@ -125,44 +147,62 @@ def write(path: Path, raw: dict, plot_path: Path) -> Path:
     f = raw["facts"]
     plot(raw, plot_path)
     t = f["timings"]
+    title, name = f["title"], f["dataset"]
     judge_s = sum(v for k, v in t.items() if k.startswith("build ") and k.split()[1] in ("rlhn", "arhn", "clear"))
     train_s = [v for k, v in t.items() if k.startswith("train+evaluate")]
+    share = f["known_fn_train"] / f["negatives_train"] if f["negatives_train"] else 0.0
+    judged_kind = ("half with a known false negative, half without" if f["balanced_judged"]
+                   else "a seeded draw of the training rows")
+    rows_kind = ("every row with a known false negative + a seeded draw of the others" if f["fn_first"]
+                 else "a seeded draw of the mined train queries")
     lines = [
-        "# Does cleaning the negatives help? SciFact in miniature",
+        f"# Does cleaning the negatives help? {title}",
         "",
-        "Written by `python -m experiments.scifact_negatives" + (" --quick" if f["quick"] else "") + "` "
-        "(`experiments/scifact_negatives/run.py`); every number below is what that run measured."
+        f"Written by `python -m experiments.negatives --dataset {name}" + (" --quick" if f["quick"] else "") + "` "
+        "(`experiments/negatives/run.py`); every number below is what that run measured."
         + (" **Quick mode: the machinery only, the numbers mean nothing.**" if f["quick"] else ""),
         "",
-        f"- Data: BEIR SciFact (claims CC BY 4.0, abstracts ODC-By 1.0; `data/LICENSE.md`), corpus cut to "
-        f"{f['corpus_docs']:,} abstracts (every labelled one + a seeded sample), {f['mined_rows']} train queries "
-        f"mined, TEST split of {f['test_queries']} queries.",
+        f"- Data: {f['licence']}: {f['corpus_docs']:,} documents, {f['mined_rows']:,} train queries mined, "
+        f"TEST split of {f['test_queries']} queries (graded nDCG@10 where the labels are graded).",
         f"- Mining: bundled all-MiniLM-L6-v2 ({f['max_length']} tokens), top {f['negatives']} minus the labelled "
-        f"positives; queries with ≥ 2 positives keep one (seeded), {f['held_out']} held out as unlabelled; "
-        f"{f['known_fn_all']} of them were mined as negatives = the known false negatives.",
-        f"- Training rows: {f['train_rows']} (all {f['fn_rows_train']} rows with a known false negative, "
-        f"{f['known_fn_train']} pairs, + a seeded draw of the others); the same rows for every variant.",
-        f"- Judged rows: {f['judged_rows']} of them ({f['judged_fn_rows']} with a known false negative, "
-        f"{f['known_fn_judged']} pairs); ARHN judges {f['arhn_rows']} of them ({f['arhn_fn_rows']} with a known false "
-        f"negative: its snippet extraction is the slowest judge step on CPU); judges: {f['judges']}. "
+        f"positive; a query with ≥ 2 labelled positives keeps one (seeded), the other {f['held_out']:,} are held out "
+        f"as unlabelled; {f['known_fn_all']:,} of them were mined as negatives (of {f['negatives_all']:,}) = the "
+        "known false negatives.",
+        f"- Training rows: {f['train_rows']:,} ({rows_kind}): {f['fn_rows_train']:,} rows hold "
+        f"{f['known_fn_train']:,} known false negatives among {f['negatives_train']:,} negatives ({share:.1%}); "
+        "the same rows for every variant.",
+        f"- Judged rows: {f['judged_rows']} of them ({judged_kind}; {f['judged_fn_rows']} with a known false "
+        f"negative, {f['known_fn_judged']} pairs); ARHN judges {f['arhn_rows']} of those ({f['arhn_fn_rows']} with a "
+        f"known false negative: its snippet extraction is the slowest judge step on CPU); judges: {f['judges']}. "
         "Rows not judged stay as in `default`.",
-        f"- Training: `experiments/scifact_negatives/train.yaml`, identical for every variant; seeds "
+        f"- Training: `{f['train_config']}`, identical for every variant; seeds "
         f"{', '.join(map(str, f['seeds']))}" + (f"; max_steps {f['max_steps']}" if f["max_steps"] else "") + ".",
         f"- Runtime: {f['total_seconds'] / 60:.1f} min in all (judged builds {judge_s / 60:.1f} min, "
         f"{len(train_s)} train+evaluate runs {sum(train_s) / 60:.1f} min, "
-        f"{statistics.fmean(train_s) if train_s else 0:.0f} s each); machine: {platform.machine()}, "
-        f"load before/after: {f.get('load_before', 'n/a')} / {f.get('load_after', 'n/a')}.",
+        f"{statistics.fmean(train_s) if train_s else 0:.0f} s each; runs reused from an earlier, unchanged "
+        f"invocation are not timed); machine: {platform.machine()}, {f.get('cores', '?')} cores, "
+        f"load average before/after: {f.get('load_before', 'n/a')} / {f.get('load_after', 'n/a')}.",
         "",
-        "## nDCG@10, Recall@100, MRR@10 on the SciFact TEST split (mean ± std over seeds)",
+        f"## nDCG@10, Recall@100, MRR@10 on the {title} TEST split (mean ± std over seeds)",
         "",
         *table(raw),
         "",
         "`judge calls`: judge answers the build used (made now, or read back from its judgment store). "
         "`judged rows`: rows whose training copy is the method's output.",
         "",
-        noise_note(raw["metrics"]),
-        "",
         f"![nDCG@10 per variant]({plot_path.name})",
+        "",
+        "## Paired test against `default` over the test queries",
+        "",
+        "Per query, nDCG@10 averaged over the seeds; the difference variant − default per query; over the "
+        f"{next(iter(raw['paired'].values()))['queries'] if raw.get('paired') else 0} queries: mean, percentile "
+        "bootstrap 95 % CI (10,000 resamples), two-sided paired t and Wilcoxon signed-rank p. Resolved = the CI "
+        "excludes 0. κ / precision / recall: the method's decisions against the known false negatives on the rows "
+        "it saw (next section).",
+        "",
+        *paired_lines(raw),
+        "",
+        *verdicts(raw),
         "",
         "## Each method against the known false negatives (`builders.agreement`)",
         "",

@@ -1,19 +1,19 @@
 """BGE-style hard-negative mining of the train queries, and the known false negatives it leaves.
 
-For each train query the bundled all-MiniLM-L6-v2 ranks the whole (cut) corpus; the query's negatives are its
+For each train query the bundled all-MiniLM-L6-v2 ranks the whole corpus; the query's negatives are its
 ``negatives`` highest-ranked documents that are not among its *labelled* positives (FlagEmbedding's
 ``hn_mine``: top-k minus the positives; no skipped head, so that what the retriever ranks highest is what
 the judges see).
 
-SciFact labels one abstract for most claims (733 of 809 train queries), so almost nothing relevant is left
-to be mined as negative. To get false negatives the way real mined sets get them (a relevant passage that
-nobody labelled), a query with two or more labelled positives keeps one of them, picked by a seeded draw,
-as its positive; the others are *held out* (treated as unlabelled). Held-out documents that the mining puts
+To get false negatives the way real mined sets get them (a relevant passage that nobody labelled), a query
+with two or more labelled positives keeps one of them, picked by a seeded draw, as its positive; the others
+are *held out* (treated as unlabelled). SciFact labels one abstract for most claims (733 of 809 train
+queries), so few are held out; NFCorpus labels ~43 per train query, so most of them are. Held-out documents that the mining puts
 among the negatives are the **known false negatives** (:func:`known_false_negatives`); held-out documents
 ranked below the mined negatives are simply absent from the row.
 
-Rows are written in the Tevatron layout with SciFact's document ids as ``docid`` and ``query_id`` =
-``scifact-<id>``; the known labels as the TSV ``builders.agreement --human`` reads (every mined negative of
+Rows are written in the Tevatron layout with the dataset's document ids as ``docid`` and ``query_id`` =
+``<dataset>-<id>``; the known labels as the TSV ``builders.agreement --human`` reads (every mined negative of
 every row: 1 = known false negative, 0 = not).
 """
 
@@ -24,7 +24,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.scifact_negatives.data import read_jsonl, read_qrels
+from experiments.negatives.datasets import qid_key, qrels_path, read_jsonl, read_qrels
 
 
 @dataclass
@@ -84,10 +84,11 @@ def rank_corpus(beir: Path, query_ids: list[str], queries: dict[str, str], depth
 
 
 def mine(beir: Path, negatives: int, seed: int, max_length: int, limit: int | None = None) -> list[MinedRow]:
-    qrels = read_qrels(beir / "qrels" / "train.tsv")
+    """Every train query's row (``limit``: the first ones in id order), in id order."""
+    qrels = read_qrels(qrels_path(beir, "train"))
     queries = {str(q["_id"]): q["text"] for q in read_jsonl(beir / "queries.jsonl")}
-    qids = sorted(qrels, key=int)[:limit] if limit else sorted(qrels, key=int)
-    depth = negatives + max(len(qrels[q]) for q in qids)
+    qids = sorted(qrels, key=qid_key)[:limit] if limit else sorted(qrels, key=qid_key)
+    depth = negatives + 1  # at most one positive is kept, and only kept positives are skipped
     ranking = rank_corpus(beir, qids, queries, depth, max_length)
     return [mine_from_ranking(q, queries[q], ranking[q], [d for d, s in qrels[q].items() if s > 0], negatives, seed)
             for q in qids]
@@ -97,11 +98,11 @@ def passage(doc: dict) -> dict:
     return {"docid": str(doc["_id"]), "title": doc.get("title") or "", "text": doc["text"]}
 
 
-def tevatron_row(row: MinedRow, docs: dict[str, dict], positives: list[str] | None = None,
+def tevatron_row(row: MinedRow, docs: dict[str, dict], prefix: str, positives: list[str] | None = None,
                  negatives: list[str] | None = None) -> dict:
     pos = row.positives if positives is None else positives
     neg = row.negatives if negatives is None else negatives
-    return {"query_id": f"scifact-{row.query_id}", "query": row.query, "subset": "scifact",
+    return {"query_id": f"{prefix}-{row.query_id}", "query": row.query, "subset": prefix,
             "positive_passages": [passage(docs[d]) for d in pos], "negative_passages": [passage(docs[d]) for d in neg]}
 
 
@@ -113,12 +114,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def write_labels(path: Path, rows: list[MinedRow]) -> Path:
+def write_labels(path: Path, rows: list[MinedRow], prefix: str) -> Path:
     """Every mined negative of ``rows`` with its known label, as ``builders.agreement --human`` reads it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["query_id\tdocid\tlabel"]
     for r in rows:
         fns = set(r.false_negatives)
-        lines += [f"scifact-{r.query_id}\t{d}\t{int(d in fns)}" for d in r.negatives]
+        lines += [f"{prefix}-{r.query_id}\t{d}\t{int(d in fns)}" for d in r.negatives]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -1,7 +1,9 @@
 """The training set of every variant, all from the same mined rows (``mine.MinedRow``).
 
 - ``default``: the mined rows as they are (known false negatives left among the negatives).
-- ``oracle``: every known false negative moved into the positives (the ceiling a perfect judge reaches).
+- ``oracle_remove``: every known false negative dropped from the negatives (``hn_remove``'s shape).
+- ``oracle_relabel``: every known false negative moved into the positives (``rlhn``'s shape). The two oracles
+  are the ceilings a perfect judge reaches.
 - ``percpos``: the ``percpos`` config of the TopK-PercPos build over all training rows.
 - ``rlhn`` / ``arhn`` / ``clear``: the judged rows as the method's config has them (``rlhn``, ``arhn_rf``,
   ``clear_threshold``), every other row as in ``default``; a judged row the method's config lacks (unjudged,
@@ -13,7 +15,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from experiments.scifact_negatives.mine import MinedRow, tevatron_row
+from experiments.negatives.datasets import qid_key
+from experiments.negatives.mine import MinedRow, tevatron_row
 
 # variant -> (recipe, the build's config that is the variant's training set)
 BUILT = {"percpos": ("percpos", "percpos"), "rlhn": ("rlhn", "rlhn"), "arhn": ("arhn", "arhn_rf"),
@@ -21,29 +24,38 @@ BUILT = {"percpos": ("percpos", "percpos"), "rlhn": ("rlhn", "rlhn"), "arhn": ("
 JUDGED = ("rlhn", "arhn", "clear")
 
 
-def oracle_row(row: MinedRow, docs: dict[str, dict]) -> dict:
+def oracle_row(row: MinedRow, docs: dict[str, dict], prefix: str, relabel: bool = True) -> dict:
+    """The row with its known false negatives moved to the positives (``relabel``) or dropped."""
     fns = row.false_negatives
-    return tevatron_row(row, docs, positives=row.positives + fns, negatives=[d for d in row.negatives if d not in fns])
+    kept = [d for d in row.negatives if d not in fns]
+    return tevatron_row(row, docs, prefix, positives=row.positives + (fns if relabel else []), negatives=kept)
 
 
-def training_rows(rows: list[MinedRow], size: int, seed: int) -> list[MinedRow]:
-    """Every row with a known false negative, then a seeded draw of the others, up to ``size`` (in query order)."""
+def training_rows(rows: list[MinedRow], size: int | None, seed: int, fn_first: bool = True) -> list[MinedRow]:
+    """``size`` rows in query order (None: all). ``fn_first``: every row with a known false negative, then a
+    seeded draw of the others (a set with few of them); else a seeded draw of all rows (their natural share)."""
+    if size is None or size >= len(rows):
+        return sorted(rows, key=lambda r: qid_key(r.query_id))
+    if not fn_first:
+        return sorted(random.Random(seed).sample(rows, size), key=lambda r: qid_key(r.query_id))
     with_fn = [r for r in rows if r.false_negatives]
     others = [r for r in rows if not r.false_negatives]
     picked = with_fn[:size] + random.Random(seed).sample(others, max(0, min(len(others), size - len(with_fn))))
-    return sorted(picked, key=lambda r: int(r.query_id))
+    return sorted(picked, key=lambda r: qid_key(r.query_id))
 
 
-def judged_rows(rows: list[MinedRow], size: int, seed: int) -> list[MinedRow]:
-    """The rows the LLM judges see: half with a known false negative, half without (seeded), so that the
-    agreement figures have both kinds of pair."""
+def judged_rows(rows: list[MinedRow], size: int, seed: int, balanced: bool = True) -> list[MinedRow]:
+    """The rows the LLM judges see. ``balanced``: half with a known false negative, half without (seeded), so
+    that the agreement figures have both kinds of pair in a set with few; else a seeded draw (natural share)."""
     rng = random.Random(seed)
+    if not balanced:
+        return sorted(rng.sample(rows, min(size, len(rows))), key=lambda r: qid_key(r.query_id))
     with_fn = [r for r in rows if r.false_negatives]
     others = [r for r in rows if not r.false_negatives]
     half = min(len(with_fn), max((size + 1) // 2, size - len(others)))
     a = rng.sample(with_fn, half)
     b = rng.sample(others, min(len(others), size - half))
-    return sorted(a + b, key=lambda r: int(r.query_id))
+    return sorted(a + b, key=lambda r: qid_key(r.query_id))
 
 
 def read_config(build: Path, config: str) -> list[dict]:

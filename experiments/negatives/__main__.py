@@ -1,0 +1,3 @@
+from experiments.negatives.run import main
+
+raise SystemExit(main())

@@ -1,3 +1,0 @@
-from experiments.scifact_negatives.run import main
-
-raise SystemExit(main())
