@@ -82,7 +82,9 @@ def run(cmd: list[str], log: Path) -> float:
 
 
 METHOD_SETS = {  # the knobs of each method recipe tied to the mined rows
-    "rlhn": lambda d: {"rlhn.negatives_per_prompt": d.negatives},  # every mined negative in the one prompt
+    # every mined negative in the one prompt, and room for a verdict that lists each of them twice (the tiny
+    # judge does: 7 negatives at 120 tokens were cut short, 19 of 32 verdicts unparseable)
+    "rlhn": lambda d: {"rlhn.negatives_per_prompt": d.negatives, "rlhn.max_new_tokens": max(120, 25 * d.negatives + 20)},
     "arhn": lambda d: {"arhn.max_negatives": d.negatives, "arhn.retriever_max_length": d.max_length,
                        "arhn.extract_max_new_tokens": max(400, 90 * d.negatives)},  # one snippet block per passage
     "clear": lambda d: {"clear.retriever_max_length": d.max_length},

@@ -76,6 +76,6 @@ def test_quick_mode_writes_the_table_and_plot(tmp_path, tgi_stand_in):
     assert "| oracle_relabel |" in results and "## Paired test against `default`" in results and "| base (no fine-tuning) |" in results and "Quick mode" in results
     assert (out / "ndcg_per_variant.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     card = (out / "builds" / "rlhn" / "README.md").read_text()
-    assert "## See also" in card and "experiments.negatives/results.md" in card
+    assert "## See also" in card and "experiments/negatives/scifact/results.md" in card
     model_card = (out / "models" / "oracle_relabel-s1" / "model" / "README.md").read_text()
-    assert "## See also" in model_card and "experiments.negatives/results.md" in model_card
+    assert "## See also" in model_card and "experiments/negatives/scifact/results.md" in model_card
