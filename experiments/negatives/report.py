@@ -182,6 +182,9 @@ def write(path: Path, raw: dict, plot_path: Path) -> Path:
         f"{statistics.fmean(train_s) if train_s else 0:.0f} s each; runs reused from an earlier, unchanged "
         f"invocation are not timed); machine: {platform.machine()}, {f.get('cores', '?')} cores, "
         f"load average before/after: {f.get('load_before', 'n/a')} / {f.get('load_after', 'n/a')}.",
+        *([f"- Runs reused because their training rows are byte-identical to another variant's (same rows, config "
+           f"and seed train the same model): {', '.join(f'{k} = {v}' for k, v in f['reused'].items())}."]
+          if f.get("reused") else []),
         "",
         f"## nDCG@10, Recall@100, MRR@10 on the {title} TEST split (mean ± std over seeds)",
         "",
