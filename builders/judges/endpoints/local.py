@@ -156,7 +156,8 @@ class LocalBackend(Backend):
                    max_input_tokens=spec.max_input_tokens,
                    context_reader=lambda: read_context_length(spec.model, spec.gguf_file),
                    batch_size=spec.batch_size or LOCAL_BATCH_SIZE,
-                   prompt_cache_mb=LOCAL_PROMPT_CACHE_MB if spec.prompt_cache_mb is None else spec.prompt_cache_mb)
+                   prompt_cache_mb=LOCAL_PROMPT_CACHE_MB if spec.prompt_cache_mb is None else spec.prompt_cache_mb,
+                   admit="step" if spec.batching == "continuous" else "round")
 
     def _ensure_loaded(self) -> None:
         with self._load_lock:

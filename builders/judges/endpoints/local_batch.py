@@ -172,76 +172,117 @@ def choose_rows(rows: list[Sequence], logits: torch.Tensor) -> None:
 
 
 class DecodeBatch:
-    """The rows being decoded together: their KV buffers (right-aligned, left padding masked
-    out), the attention mask over the columns, and one step for all of them."""
+    """Rows decoded together, in slots of KV buffers shared by every layer's column index.
+
+    A row's prompt states sit right-aligned before the current column (left padding, masked
+    out); a longer prompt moves the current column on, and the other rows see the skipped
+    columns masked. Joining writes one row into a free slot and leaving frees it: no copy of
+    the other rows (copying the batch's states at each join and leave cost ~60 ms a time). The
+    buffers are rebuilt (each row's used columns copied, one layer at a time) only when rows
+    outnumber the slots, the columns run out, or at most half the slots are in use.
+    A free slot is still computed (it attends to its own column only, so its states stay
+    finite): with decoding memory-bound, an idle slot costs far less than a rebuild."""
+
+    SLACK = 64  # columns beyond the planned need, so later prompts can join without a rebuild
 
     def __init__(self, model):
         self.model = model
-        self.rows: list[Sequence] = []
+        self.slots: list[Sequence | None] = []
         self.cache: Cache | None = None
-        self.mask: torch.Tensor | None = None  # [rows, columns]: 1 where a column holds a row's token
+        self.mask: torch.Tensor | None = None  # [slots, columns]: 1 where a column holds that row's token
+
+    @property
+    def rows(self) -> list[Sequence]:
+        return [r for r in self.slots if r is not None]
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return sum(r is not None for r in self.slots)
+
+    @property
+    def width(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[1]
 
     def admit(self, joining: list[tuple[Sequence, list[tuple[torch.Tensor, torch.Tensor]]]]) -> None:
-        """Add prefilled rows (``(sequence, per-layer (keys, values) of its prompt)``): every
-        row's states are copied right-aligned into new buffers sized for the longest row plus the
-        most tokens any row may still generate."""
+        """Add prefilled rows: ``(sequence, per-layer (keys, values) of its prompt, [1, heads, n, dim])``."""
         if not joining:
             return
-        old = self.cache.layers if self.cache is not None else []
-        columns = self.mask.shape[1] if self.mask is not None else 0
-        width = max([columns] + [kv[0][0].shape[-2] for _, kv in joining])
-        rows = self.rows + [s for s, _ in joining]
-        capacity = width + max(r.max_new_tokens - len(r.tokens) for r in rows) + 1
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        if self.mask is not None:
-            mask[: len(self.rows), width - columns:] = self.mask
-        for j, (seq, kv) in enumerate(joining):
-            mask[len(self.rows) + j, width - kv[0][0].shape[-2]:] = 1
-        layers = []
-        for i, (k0, v0) in enumerate(joining[0][1]):
+        longest = max(len(seq.prompt_ids) for seq, _ in joining)
+        remaining = max(r.max_new_tokens - len(r.tokens) for r in self.rows + [s for s, _ in joining]) + 1
+        free = [i for i, r in enumerate(self.slots) if r is None]
+        if (self.cache is None or len(free) < len(joining)
+                or max(self.width, longest) + remaining > self.cache.layers[0].buffers[0].shape[-2]):
+            k, v = joining[0][1][0]
+            self._rebuild(len(self) + len(joining), (k, v), len(joining[0][1]), longest, remaining)
+            free = [i for i, r in enumerate(self.slots) if r is None]
+        widest = max(self.width, longest)
+        if widest > self.width:  # a longer prompt: the others see the new columns masked
+            self.mask = torch.cat([self.mask, self.mask.new_zeros(len(self.slots), widest - self.width)], dim=1)
+            for layer in self.cache.layers:
+                layer._set_length(widest)
+        for (seq, kv), slot in zip(joining, free):
+            n = len(seq.prompt_ids)
+            for layer, states in zip(self.cache.layers, kv):
+                for buffer, state in zip(layer.buffers, states):
+                    buffer[slot, :, widest - n: widest] = state[0]
+            self.mask[slot] = 0
+            self.mask[slot, widest - n:] = 1
+            self.slots[slot] = seq
+
+    def _rebuild(self, slots: int, like: tuple[torch.Tensor, torch.Tensor], layers: int, longest: int, remaining: int) -> None:
+        """New buffers of ``slots`` rows (``like``: a layer's keys and values, for their heads,
+        dim and dtype), the rows held now first with their used columns only, and room for a
+        ``longest``-token prompt and ``remaining`` more steps. One layer at a time: the old
+        buffers of a layer go once it is copied."""
+        kept = [i for i, r in enumerate(self.slots) if r is not None]
+        start = min((int(self.mask[i].argmax()) for i in kept), default=self.width)  # leading columns no row uses
+        width = self.width - start
+        capacity = max(width, longest) + remaining + self.SLACK
+        mask = torch.zeros(slots, width, dtype=torch.long)
+        if kept:
+            mask[: len(kept)] = self.mask[kept, start:]
+        index = torch.tensor(kept, dtype=torch.long)
+        old = self.cache.layers if self.cache is not None else [None] * layers
+        new_layers = []
+        for layer in old:
             buffers = []
-            for which, sample in ((0, k0), (1, v0)):
-                buffer = sample.new_zeros(len(rows), sample.shape[1], capacity, sample.shape[-1])
-                if old:
-                    buffer[: len(self.rows), :, width - columns: width] = old[i].buffers[which][:, :, :columns]
-                for j, (_, kv) in enumerate(joining):
-                    n = kv[i][which].shape[-2]
-                    buffer[len(self.rows) + j, :, width - n: width] = kv[i][which][0]
+            for which, sample in enumerate(like):
+                buffer = sample.new_zeros(slots, sample.shape[1], capacity, sample.shape[-1])
+                if kept:
+                    buffer[: len(kept), :, :width] = layer.buffers[which][index, :, start: self.width]
                 buffers.append(buffer)
-            layers.append(tuple(buffers))
-        self.rows, self.mask, self.cache = rows, mask, buffer_cache(layers, width)
+            if layer is not None:
+                layer.buffers = ()
+            new_layers.append(tuple(buffers))
+        self.slots = [self.slots[i] for i in kept] + [None] * (slots - len(kept))
+        self.mask, self.cache = mask, buffer_cache(new_layers, width)
 
     def drop_finished(self) -> list[Sequence]:
-        """Remove finished rows (and columns no row uses any more) -> the finished ones."""
-        finished = [r for r in self.rows if r.done]
+        """Free the slots of finished rows -> those rows. At most half the slots left in use:
+        the buffers shrink to the rows left; none left: they are released."""
+        finished = [r for r in self.slots if r is not None and r.done]
         if not finished:
             return []
-        keep = [i for i, r in enumerate(self.rows) if not r.done]
-        self.rows = [self.rows[i] for i in keep]
-        if not keep:
-            self.cache = self.mask = None
-            return finished
-        index = torch.tensor(keep)
-        mask = self.mask[index]
-        first = int(mask.any(0).nonzero()[0])  # leading columns that are padding for every row left
-        length = self.cache.layers[0].length
-        layers = [tuple(b[index][:, :, first:].contiguous() for b in layer.buffers) for layer in self.cache.layers]
-        self.mask, self.cache = mask[:, first:], buffer_cache(layers, length - first)
+        self.slots = [None if r is not None and r.done else r for r in self.slots]
+        active = len(self)
+        if active == 0:
+            self.slots, self.cache, self.mask = [], None, None
+        elif active <= len(self.slots) // 2:
+            like = tuple(b[:1, :, :1].clone() for b in self.cache.layers[0].buffers)
+            remaining = max(r.max_new_tokens - len(r.tokens) for r in self.rows) + 1
+            self._rebuild(active, like, len(self.cache.layers), 0, remaining)
         return finished
 
     @torch.no_grad()
     def step(self) -> None:
         """Feed every row its last token; each row chooses its next one."""
-        rows = self.rows
         device = self.model.device
-        input_ids = torch.tensor([[r.tokens[-1]] for r in rows], device=device)
-        positions = torch.tensor([[r.position] for r in rows], device=device)
-        self.mask = torch.cat([self.mask, torch.ones(len(rows), 1, dtype=torch.long)], dim=1)
+        input_ids = torch.tensor([[r.tokens[-1] if r is not None else 0] for r in self.slots], device=device)
+        positions = torch.tensor([[r.position if r is not None else 0] for r in self.slots], device=device)
+        self.mask = torch.cat([self.mask, torch.ones(len(self.slots), 1, dtype=torch.long)], dim=1)
         out = self.model(input_ids=input_ids, attention_mask=self.mask.to(device), position_ids=positions,
                          cache=self.cache, use_cache=True)
-        for r in rows:
-            r.position += 1
-        choose_rows(rows, out.logits[:, -1].float().cpu())
+        used = [i for i, r in enumerate(self.slots) if r is not None]
+        for i in used:
+            self.slots[i].position += 1
+        self.mask[[i for i, r in enumerate(self.slots) if r is None], -1] = 0  # a free slot's own column: not a token
+        choose_rows([self.slots[i] for i in used], out.logits[used, -1].float().cpu())

@@ -38,6 +38,7 @@ class EndpointSpec:
     max_input_tokens: int | None = None  # prompt tokens the endpoint accepts (None: what the server / model says)
     batch_size: int | None = None  # local: sequences decoded together, the judge's in-flight limit (None: LOCAL_BATCH_SIZE)
     prompt_cache_mb: int | None = None  # local: KV states of recent prompts kept for reuse (None: LOCAL_PROMPT_CACHE_MB; 0: off)
+    batching: Literal["continuous", "static"] = "continuous"  # local: join the batch between any two steps, or between rounds
 
     def __post_init__(self):
         if self.concurrency is not None and (isinstance(self.concurrency, bool) or not isinstance(self.concurrency, int)
@@ -47,6 +48,8 @@ class EndpointSpec:
         for name, value, least in (("batch_size", self.batch_size, 1), ("prompt_cache_mb", self.prompt_cache_mb, 0)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
                 raise ValueError(f"endpoint {self.model or self.kind}: {name} must be an integer >= {least} or left out, got {value!r}")
+        if self.batching not in ("continuous", "static"):
+            raise ValueError(f"endpoint {self.model or self.kind}: batching must be 'continuous' or 'static', got {self.batching!r}")
 
     @property
     def model_id(self) -> str:
