@@ -100,7 +100,14 @@ class ModelWorker:
                 closing = job is None
                 waiting.extend([job] if job is not None else [])
             if batch is None:
-                batch = DecodeBatch(self._model())
+                try:
+                    batch = DecodeBatch(self._model())
+                except BaseException as error:  # noqa: BLE001 - e.g. the weights are missing: every caller hears it
+                    while waiting:
+                        _, _, future = waiting.popleft()
+                        if future.set_running_or_notify_cancel():
+                            future.set_exception(error)
+                    continue
             self._take(waiting, batch)
             if batch:
                 self._step(batch)
@@ -148,7 +155,7 @@ class ModelWorker:
         except BaseException as error:  # noqa: BLE001 - every row of the failed step fails
             for seq in batch.rows:
                 seq.future.set_exception(error)
-            batch.rows, batch.cache, batch.mask = [], None, None
+            batch.slots, batch.cache, batch.mask = [], None, None
             return
         self.steps += 1
         self.rows += len(batch)
