@@ -19,8 +19,11 @@ is made: a rerun whose answers are all in the judgment store never loads them.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import importlib.util
+import os
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +69,25 @@ def model_source(model: str | None, gguf_file: str | None) -> tuple[str, dict]:
     else:
         source = model
     return source, ({"gguf_file": gguf_file} if gguf_file else {})
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+MMAP_FROM_BYTES = 256 << 10
+
+
+def mmap_large_blocks() -> bool:
+    """Blocks from 256 KiB up come from their own mmap and go back to the system when freed
+    (glibc's default threshold grows with what is freed, up to 32 MiB, and a judge's KV states
+    of 0.4-5 MiB a layer then fragment the heap): the demo's peak RSS 2.40 -> 2.12 GiB
+    (``bench/local_judge.py``). Process-wide, as ``builders.streaming.limit_malloc_arenas``;
+    a ``MALLOC_MMAP_THRESHOLD_`` the user set wins; elsewhere than glibc this does nothing."""
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_FROM_BYTES))
 
 
 CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -165,6 +187,7 @@ class LocalBackend(Backend):
                 return
             if self.threads is not None:
                 torch.set_num_threads(self.threads)
+            mmap_large_blocks()
             self._model, self._tokenizer = self._loader()
 
     @property
@@ -247,7 +270,11 @@ class LocalBackend(Backend):
         return seq.generation(self.tokenizer, str(self.model.device))
 
     async def aclose(self) -> None:
+        """The build is done asking: the worker thread ends and the prompt cache lets its states go
+        (~650 MB in the demo) before the output is written. The weights stay loaded (shared)."""
         self._worker.close()
+        if self.prompt_cache is not None:
+            self.prompt_cache.clear()
 
     # ------------------------------------------------------------------ score
     async def score(self, request: ScoreRequest) -> Scored:

@@ -41,6 +41,10 @@ class PromptCache:
         self.hits = {"whole": 0, "prefix": 0, "miss": 0}  # prompts by what the cache gave them
         self.reused_tokens = 0
 
+    def clear(self) -> None:
+        self.entries.clear()
+        self.nbytes = 0
+
     def longest(self, ids: torch.Tensor) -> tuple[Entry | None, int]:
         """The held prompt sharing the most leading tokens with ``ids``, and how many."""
         best, shared = None, 0

@@ -2,7 +2,6 @@
 leaves; the in-flight limit is the batch size; the prompt cache; the worker thread."""
 
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ import regex
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import build_tiny_model  # noqa: E402
 
+from bench.local_judge import demo_requests  # noqa: E402
 from builders.judges.annotate import Annotator  # noqa: E402
 from builders.judges.endpoints import make_backend  # noqa: E402
 from builders.judges.endpoints.base import Constraint, GenerateRequest  # noqa: E402
@@ -21,7 +21,6 @@ from builders.judges.endpoints.local_batch import DecodeBatch  # noqa: E402
 from builders.judges.endpoints.spec import EndpointSpec  # noqa: E402
 from builders.judges.store import JudgmentStore  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[4]
 VERDICT = (r"<verdict><better>(None|Doc \([1-9]\)(, Doc \([1-9]\)){0,3})</better>"
            r"<worse>(None|Doc \([1-9]\)(, Doc \([1-9]\)){0,3})</worse></verdict>")
 
@@ -178,23 +177,6 @@ def test_a_cancelled_request_is_not_decoded(folder):
     assert backend._worker.rows <= sum(a.completion_tokens for a in done[:2])
 
 
-def demo_requests(n: int, max_new_tokens: int) -> list[GenerateRequest]:
-    """The demo's first ``n`` stage-1 requests (``recipes/sample.yaml``'s RLHN settings)."""
-    from builders.methods.rlhn.stage import RlhnSettings, render_messages, windows_of
-    from builders.methods.rlhn.verdict import verdict_regex
-    from builders.rows import QueryRow
-
-    s = RlhnSettings(negatives_per_prompt=3, max_prompts_per_query=1, max_passage_words=40, reason_max_chars=48)
-    out = []
-    for name, subset in (("retrieval-msmarco.jsonl", "msmarco_passage"), ("retrieval-nq.jsonl", "nq"),
-                         ("retrieval-nli.jsonl", "nli")):
-        for line in (ROOT / "builders/data/sample" / name).read_text().splitlines()[:2]:
-            for w in windows_of(QueryRow.from_bge(json.loads(line), subset), s):
-                out.append(GenerateRequest(render_messages(w, s), max_new_tokens=max_new_tokens, temperature=0.0,
-                                           constraint=Constraint("regex", verdict_regex(len(w.negatives), s.reason_max_chars))))
-    return out[:n]
-
-
 def test_bundled_smollm2_batched_equals_unbatched_on_demo_rows():
     """The demo's judge on demo prompts: batched greedy text == the decoder used before batching
     (``generate_with_regex``, one request at a time), rows joining and leaving, and again from
@@ -212,3 +194,43 @@ def test_bundled_smollm2_batched_equals_unbatched_on_demo_rows():
     again = answers(backend, batch[::-1])
     assert [g.text for g in again] == [text for text, _, _ in before][::-1]
     assert backend.prompt_cache.hits["whole"] == len(batch)
+
+
+def test_a_stopped_run_resumes_and_pays_no_answer_twice(folder, tmp_path):
+    """Each row's answer is committed as it finishes, not when its batch does: a run stopped after
+    three commits leaves them in the store, and the rerun asks only the others."""
+    backend = make_backend(EndpointSpec(kind="local", model=str(folder), batch_size=3))
+    asked = []
+    generate = backend.generate
+
+    async def counting(request):
+        asked.append(request)
+        return await generate(request)
+
+    backend.generate = counting
+    store = JudgmentStore(tmp_path / "judgments.sqlite")
+    items = [(f"q{i}", GenerateRequest(messages(i), max_new_tokens=8 + 4 * i, temperature=0)) for i in range(8)]
+
+    def annotator():
+        return Annotator(backend, store, stage="rlhn/stage1", prompt_version="v1", progress=False)
+
+    async def stopped():
+        task = None
+        committed = []
+
+        def on_outcome(outcome):
+            committed.append(outcome.key)
+            if len(committed) == 3:
+                task.cancel()
+
+        task = asyncio.ensure_future(annotator().run(items, on_outcome=on_outcome))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return committed
+
+    committed = asyncio.run(stopped())
+    first = len(asked)
+    result = annotator().run_sync(items)
+    assert result.ledger.cached == len(committed) == 3
+    assert len(asked) - first == len(items) - 3  # the rerun asked only the unanswered
+    assert {key: o.text for key, o in result.outcomes.items()} == {key: backend.generate_alone(r).text for key, r in items}
