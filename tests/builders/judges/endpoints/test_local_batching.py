@@ -231,6 +231,7 @@ def test_a_stopped_run_resumes_and_pays_no_answer_twice(folder, tmp_path):
     committed = asyncio.run(stopped())
     first = len(asked)
     result = annotator().run_sync(items)
-    assert result.ledger.cached == len(committed) == 3
-    assert len(asked) - first == len(items) - 3  # the rerun asked only the unanswered
+    stored = result.ledger.cached  # answers committed before the stop took effect (a group commit may hold more)
+    assert 3 <= len(committed) <= stored < len(items)
+    assert len(asked) - first == len(items) - stored  # the rerun asked only the unanswered
     assert {key: o.text for key, o in result.outcomes.items()} == {key: backend.generate_alone(r).text for key, r in items}
