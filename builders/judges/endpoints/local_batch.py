@@ -3,11 +3,13 @@
 Each request is prefilled on its own (``prompt_cache.prefill``: on 2 CPU cores a prompt's prefill
 is compute-bound, 1.60 s for 470 tokens alone vs 1.57 s each in a batch of 4 or 8, so batching it
 buys nothing, while one prompt at a time can start from a cached prefix) and then joins the
-``DecodeBatch``: its KV states are copied into the batch's buffers, right-aligned (left padding,
-masked out), and every step feeds each row's last token at that row's own position. Decoding is
-memory-bound at batch 1 (63 ms a step for SmolLM2-135M on one thread, 116 ms for 8 rows), which
-is what batching buys. Each ``Sequence`` keeps its own regex state, seed, stop strings and
-``max_new_tokens``; a finished one leaves the batch (its row is dropped from the buffers).
+``DecodeBatch``: its KV states are copied into a free slot of the batch's buffers, right-aligned
+(left padding, masked out), and every step feeds each row's last token at that row's own
+position. Decoding is memory-bound at batch 1 (63 ms a step for SmolLM2-135M on one thread,
+116 ms for 8 rows), which is what batching buys. Each ``Sequence`` keeps its own regex state,
+seed, stop strings and ``max_new_tokens``; a finished one leaves the batch (its slot is freed).
+A row stops as soon as one of its stop strings appears (``completion_tokens`` counts the tokens
+generated up to there; the text is cut after the stop string, as before).
 
 Choosing a token is ``constrained.py``'s rule, row by row, after one batched top-k: greedy
 (``temperature <= 0``) takes the best acceptable candidate; sampling takes the first acceptable
