@@ -10,6 +10,8 @@ import platform
 import statistics
 from pathlib import Path
 
+from experiments.negatives.stats import fmt_p
+
 METRICS = (("ndcg@10", "nDCG@10"), ("recall@100", "Recall@100"), ("mrr@10", "MRR@10"))
 
 
@@ -32,8 +34,6 @@ def precision_recall(table: dict) -> tuple[float | None, float | None]:
 def paired_lines(raw: dict) -> list[str]:
     """Each variant vs ``default``, paired over the test queries (``stats.py``), beside its agreement with the
     known false negatives: "a better judge -> a better model" is read off one table."""
-    from experiments.negatives.stats import fmt_p
-
     lines = ["| variant | Δ nDCG@10 vs default | 95 % CI (bootstrap over queries) | paired t p | Wilcoxon p "
              "| queries better / worse / tied | resolved | κ vs known FN | precision | recall |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -51,6 +51,17 @@ def paired_lines(raw: dict) -> list[str]:
                      f"{fmt(p['ci_high'], 4, sign=True)}] | {fmt_p(p['t_p'])} | {fmt_p(p['wilcoxon_p'])} "
                      f"| {p['wins']} / {p['losses']} / {p['ties']} | {'yes' if p['resolved'] else 'no'} | {agree} |")
     return lines
+
+
+def control_lines(raw: dict) -> list[str]:
+    """A variant against its control, paired over the queries (e.g. the known FNs dropped vs as many at random)."""
+    out = []
+    for name, p in raw.get("controls", {}).items():
+        ci = f"{fmt(p['mean_diff'], 4, sign=True)}, CI [{fmt(p['ci_low'], 4, sign=True)}, {fmt(p['ci_high'], 4, sign=True)}]"
+        out.append(f"- Control, {name} (the same number of negatives dropped, the known false negatives vs at random): "
+                   f"{ci}, paired t p {fmt_p(p['t_p'])}, Wilcoxon p {fmt_p(p['wilcoxon_p'])}: "
+                   + ("resolved." if p["resolved"] else "not resolved."))
+    return out
 
 
 def verdicts(raw: dict) -> list[str]:
@@ -122,7 +133,7 @@ def plot(raw: dict, path: Path) -> Path:
     metrics = raw["metrics"]
     names = [v for v in metrics if v != "base"]
     stats = [mean_std([r["ndcg@10"] for r in metrics[v]]) for v in names]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(names)), 4.5), dpi=120)
     ax.bar(names, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=5, color="#4c72b0")
     for i, v in enumerate(names):
         ax.scatter([i] * len(metrics[v]), [r["ndcg@10"] for r in metrics[v]], color="black", s=10, zorder=3)
@@ -131,6 +142,7 @@ def plot(raw: dict, path: Path) -> Path:
     hi = max([m + s for m, s in stats] + [metrics["base"][0]["ndcg@10"]])
     pad = max(0.01, (hi - lo) * 0.5)
     ax.set_ylim(lo - pad, hi + pad)
+    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     ax.set_ylabel(f"nDCG@10 ({raw['facts'].get('title', 'SciFact')} test)")
     n = len(raw["facts"]["seeds"])
     ax.set_title(f"MiniLM fine-tuned per training-set variant: mean ± std over {n} seed(s), dots = seeds")
@@ -177,10 +189,13 @@ def write(path: Path, raw: dict, plot_path: Path) -> Path:
         "Rows not judged stay as in `default`.",
         f"- Training: `{f['train_config']}`, identical for every variant; seeds "
         f"{', '.join(map(str, f['seeds']))}" + (f"; max_steps {f['max_steps']}" if f["max_steps"] else "") + ".",
-        f"- Runtime: {f['total_seconds'] / 60:.1f} min in all (judged builds {judge_s / 60:.1f} min, "
+        f"- Runtime of this invocation: {f['total_seconds'] / 60:.1f} min (judged builds {judge_s / 60:.1f} min, "
         f"{len(train_s)} train+evaluate runs {sum(train_s) / 60:.1f} min, "
-        f"{statistics.fmean(train_s) if train_s else 0:.0f} s each; runs reused from an earlier, unchanged "
-        f"invocation are not timed); machine: {platform.machine()}, {f.get('cores', '?')} cores, "
+        f"{statistics.fmean(train_s) if train_s else 0:.0f} s each"
+        + (f"; {earlier} (variant, seed) runs were finished by an earlier invocation of the same command and reused, "
+           "untimed here" if (earlier := sum(len(r) for v, r in raw["metrics"].items() if v != "base") - len(train_s)
+                                         - len(f.get("reused", {}))) else "")
+        + f"); machine: {platform.machine()}, {f.get('cores', '?')} cores, "
         f"load average before/after: {f.get('load_before', 'n/a')} / {f.get('load_after', 'n/a')}.",
         *([f"- Runs reused because their training rows are byte-identical to another variant's (same rows, config "
            f"and seed train the same model): {', '.join(f'{k} = {v}' for k, v in f['reused'].items())}."]
@@ -206,6 +221,7 @@ def write(path: Path, raw: dict, plot_path: Path) -> Path:
         *paired_lines(raw),
         "",
         *verdicts(raw),
+        *control_lines(raw),
         "",
         "## Each method against the known false negatives (`builders.agreement`)",
         "",

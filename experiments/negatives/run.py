@@ -35,7 +35,7 @@ from experiments.negatives.datasets import DATASETS, Dataset
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RECIPES = HERE / "recipes"
-VARIANTS = ("default", "oracle_remove", "oracle_relabel", "percpos", "rlhn", "arhn", "clear")
+VARIANTS = ("default", "oracle_remove", "oracle_relabel", "random_remove", "percpos", "rlhn", "arhn", "clear")
 # each judged recipe's judge stages (what --judges replaces)
 STAGES = {"rlhn": ("stage1",), "arhn": ("arhn_extract", "arhn_rank"), "clear": ("stage1",)}
 
@@ -205,12 +205,38 @@ def train(s: Settings, variant: str, dataset: Path, seed: int, timings: dict, re
     return metrics, json.loads((out / "eval_per_query.json").read_text())["queries"]
 
 
+CONTROLS = (("oracle_remove", "random_remove"),)  # (variant, its control): picking the right negatives vs as many at random
+
+
 def paired_table(per_query: dict[str, list[dict]]) -> dict[str, dict]:
     """Each variant (and the base model) vs ``default``: the paired test over the test queries."""
     if "default" not in per_query:
         return {}
     default = stats.seed_mean(per_query["default"])
     return {v: stats.paired(stats.seed_mean(runs), default).as_dict() for v, runs in per_query.items() if v != "default"}
+
+
+def control_table(per_query: dict[str, list[dict]]) -> dict[str, dict]:
+    """Each variant vs its control (``CONTROLS``), paired the same way."""
+    return {f"{a} − {b}": stats.paired(stats.seed_mean(per_query[a]), stats.seed_mean(per_query[b])).as_dict()
+            for a, b in CONTROLS if a in per_query and b in per_query}
+
+
+def report_only(s: Settings) -> Path:
+    """Rewrite results.md and the plot from ``<out>/results.json`` and the runs' per-query files on disk
+    (no mining, build or training): what the last run measured, with the current report."""
+    raw = json.loads((s.out / "results.json").read_text(encoding="utf-8"))
+    per_query = {"base": [json.loads((s.out / "metrics" / "base-per-query.json").read_text())["queries"]]}
+    for v in raw["metrics"]:
+        if v != "base":
+            folders = [s.out / "models" / f"{raw['facts'].get('reused', {}).get(f'{v} seed {n}', v)}-s{n}" for n in raw["facts"]["seeds"]]
+            per_query[v] = [json.loads((f / "eval_per_query.json").read_text())["queries"] for f in folders]
+    raw["paired"], raw["controls"] = paired_table(per_query), control_table(per_query)
+    results = s.results or (s.out / "results.md")
+    (s.out / "results.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+    report.write(results, raw, plot_path=results.with_name("ndcg_per_variant.png"))
+    print(f"rewrote {results} from {s.out / 'results.json'}")
+    return results
 
 
 def main_run(s: Settings) -> Path:
@@ -240,7 +266,8 @@ def main_run(s: Settings) -> Path:
 
     sets = {"default": default_rows,
             "oracle_remove": [variants.oracle_row(r, docs, s.prefix, relabel=False) for r in rows],
-            "oracle_relabel": [variants.oracle_row(r, docs, s.prefix, relabel=True) for r in rows]}
+            "oracle_relabel": [variants.oracle_row(r, docs, s.prefix, relabel=True) for r in rows],
+            "random_remove": [variants.random_remove_row(r, docs, s.prefix, s.mine_seed) for r in rows]}
     info = {v: {"judge_answers": 0} for v in s.variants}
     agree: dict[str, dict] = {}
     for v in s.variants:
@@ -290,7 +317,8 @@ def main_run(s: Settings) -> Path:
     }
     counts = {v: {**variants.counts(sets[v]), **info[v]} for v in s.variants}
     results = s.results or (s.out / "results.md")
-    raw = {"facts": facts, "counts": counts, "metrics": metrics, "agreement": agree, "paired": paired_table(per_query)}
+    raw = {"facts": facts, "counts": counts, "metrics": metrics, "agreement": agree, "paired": paired_table(per_query),
+           "controls": control_table(per_query)}
     (s.out / "results.json").write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
     report.write(results, raw, plot_path=results.with_name("ndcg_per_variant.png"))
     print(f"wrote {results} and {results.with_name('ndcg_per_variant.png')} in {facts['total_seconds'] / 60:.1f} min")
@@ -308,6 +336,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--train-rows", type=int, default=None, help="training rows (default: the dataset's; 0 = every train query; "
                                                                  "--quick: 24)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
+    ap.add_argument("--report-only", action="store_true", help="rewrite results.md from the last run's results.json and "
+                                                                   "per-query files (no mining, build or training)")
     ap.add_argument("--out", help="work folder (default runs/negatives-<dataset>[-quick])")
     ap.add_argument("--results", help="results.md path (default: experiments/negatives/<dataset>/results.md; "
                                       "--quick: <out>/results.md)")
@@ -333,5 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                  arhn_rows=args.arhn_rows or (2 if quick else d.arhn_rows),
                  max_steps=2 if quick else None, judges=args.judges, variants=chosen, results=results, quick=quick)
     out.mkdir(parents=True, exist_ok=True)
-    main_run(s)
+    if args.report_only:
+        report_only(s)
+    else:
+        main_run(s)
     return 0

@@ -4,6 +4,9 @@
 - ``oracle_remove``: every known false negative dropped from the negatives (``hn_remove``'s shape).
 - ``oracle_relabel``: every known false negative moved into the positives (``rlhn``'s shape). The two oracles
   are the ceilings a perfect judge reaches.
+- ``random_remove``: the control for ``oracle_remove``: as many negatives dropped from each row as it holds known
+  false negatives, but drawn at random among its negatives (seeded per query). Fewer hard negatives alone also
+  move the model; the gap between the two is what picking the right ones is worth.
 - ``percpos``: the ``percpos`` config of the TopK-PercPos build over all training rows.
 - ``rlhn`` / ``arhn`` / ``clear``: the judged rows as the method's config has them (``rlhn``, ``arhn_rf``,
   ``clear_threshold``), every other row as in ``default``; a judged row the method's config lacks (unjudged,
@@ -29,6 +32,13 @@ def oracle_row(row: MinedRow, docs: dict[str, dict], prefix: str, relabel: bool 
     fns = row.false_negatives
     kept = [d for d in row.negatives if d not in fns]
     return tevatron_row(row, docs, prefix, positives=row.positives + (fns if relabel else []), negatives=kept)
+
+
+def random_remove_row(row: MinedRow, docs: dict[str, dict], prefix: str, seed: int) -> dict:
+    """The row with ``len(row.false_negatives)`` of its negatives dropped at random (order kept)."""
+    k = len(row.false_negatives)
+    dropped = set(random.Random(f"{seed}:{row.query_id}").sample(row.negatives, k))
+    return tevatron_row(row, docs, prefix, negatives=[d for d in row.negatives if d not in dropped])
 
 
 def training_rows(rows: list[MinedRow], size: int | None, seed: int, fn_first: bool = True) -> list[MinedRow]:

@@ -11,7 +11,7 @@ from experiments.negatives.mine import (
     tevatron_row,
     write_labels,
 )
-from experiments.negatives.variants import merge_judged, oracle_row, training_rows
+from experiments.negatives.variants import merge_judged, oracle_row, random_remove_row, training_rows
 
 DOCS = {d: {"_id": d, "title": f"t{d}", "text": f"text of {d}"} for d in "abcdefgh"}
 
@@ -132,3 +132,16 @@ def test_mining_a_beir_folder_with_string_ids_and_gzipped_qrels(tmp_path):
     # two vitamin-D documents are held out and rank above tea / coffee for this query: both are mined as FNs
     assert sorted(vit.false_negatives) == sorted(vit.held_out)
     assert rows[0].false_negatives == []
+
+
+def test_random_remove_drops_as_many_negatives_as_the_row_has_known_fns_seeded():
+    row = MinedRow("7", "claim", ["a"], ["b", "c"], ["e", "b", "f", "c", "g"])  # two known FNs
+    r = random_remove_row(row, DOCS, "scifact", seed=1)
+    kept = [p["docid"] for p in r["negative_passages"]]
+    assert len(kept) == 3 and set(kept) < set(row.negatives) and kept == [d for d in row.negatives if d in kept]
+    assert [p["docid"] for p in r["positive_passages"]] == ["a"]
+    assert r == random_remove_row(row, DOCS, "scifact", seed=1)
+    draws = {tuple(p["docid"] for p in random_remove_row(MinedRow(str(i), "q", ["a"], ["b"], ["e", "b", "f"]), DOCS,
+                                                        "scifact", seed=1)["negative_passages"]) for i in range(20)}
+    assert len(draws) > 1  # not always the same negative dropped
+    assert random_remove_row(MinedRow("8", "q", ["a"], [], ["e", "f"]), DOCS, "scifact", 1)["negative_passages"][1]["docid"] == "f"

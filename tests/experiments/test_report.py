@@ -64,3 +64,12 @@ def test_verdicts_say_which_differences_are_resolved():
     assert "`oracle_relabel` vs `default` (+0.0200, CI [-0.0100, +0.0500]): **not resolved**" in text
     assert "One seed" not in text
     assert "One seed" in "\n".join(verdicts({**RAW, "facts": {"seeds": [1]}}))
+
+
+def test_control_lines_pair_a_variant_with_its_control():
+    from experiments.negatives.report import control_lines
+
+    lines = control_lines({"controls": {"oracle_remove − random_remove": pair(0.009, 0.005, 0.013, True)}})
+    assert lines == ["- Control, oracle_remove − random_remove (the same number of negatives dropped, the known false "
+                     "negatives vs at random): +0.0090, CI [+0.0050, +0.0130], paired t p 0.0100, Wilcoxon p < 0.0001: resolved."]
+    assert control_lines({}) == []
