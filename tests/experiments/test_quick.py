@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.stand_ins.tgi_server import prompt_of
@@ -42,6 +43,7 @@ def respond(request: dict) -> str:
     return " > ".join(f"[{i}]" for i in order)
 
 
+@pytest.mark.long  # ~2 min: .ci/run's second tier (./run.sh test -m long)
 def test_quick_mode_writes_the_table_and_plot(tmp_path, tgi_stand_in):
     server = tgi_stand_in(respond)
     judges = tmp_path / "judges.yaml"

@@ -267,6 +267,7 @@ def point_clients_at(endpoint: str, cache_dir: Path) -> Iterator[None]:
     import datasets.config as ds_config
     import huggingface_hub.constants as hf_constants
     import huggingface_hub.hf_api as hf_api
+    import transformers.utils.hub as transformers_hub
     from huggingface_hub import HfFileSystem
 
     cache_dir = Path(cache_dir)
@@ -280,6 +281,9 @@ def point_clients_at(endpoint: str, cache_dir: Path) -> Iterator[None]:
         (hf_constants, "HUGGINGFACE_HUB_CACHE", str(cache_dir / "hub")),
         (hf_constants, "HF_HUB_DISABLE_TELEMETRY", True),
         (hf_api.api, "endpoint", endpoint),
+        # transformers keeps one HfApi, its endpoint read when first built: left as it was, a later stand-in's
+        # tokenizer load listed files on an earlier, stopped one and sat ~2 min in huggingface_hub's backoff
+        (transformers_hub, "_hf_api", None),
         (ds_config, "HF_ENDPOINT", endpoint),
         (ds_config, "HUB_DATASETS_URL", endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}"),
         (ds_config, "HF_HUB_OFFLINE", False),

@@ -177,6 +177,7 @@ def test_a_cancelled_request_is_not_decoded(folder):
     assert backend._worker.rows <= sum(a.completion_tokens for a in done[:2])
 
 
+@pytest.mark.long  # ~45 s with the real model: .ci/run's second tier (./run.sh test -m long)
 def test_bundled_smollm2_batched_equals_unbatched_on_demo_rows():
     """The demo's judge on demo prompts: batched greedy text == the decoder used before batching
     (``generate_with_regex``, one request at a time), rows joining and leaving, and again from
