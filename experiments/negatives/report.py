@@ -58,7 +58,7 @@ def control_lines(raw: dict) -> list[str]:
     out = []
     for name, p in raw.get("controls", {}).items():
         ci = f"{fmt(p['mean_diff'], 4, sign=True)}, CI [{fmt(p['ci_low'], 4, sign=True)}, {fmt(p['ci_high'], 4, sign=True)}]"
-        out.append(f"- Control, {name} (the same number of negatives dropped, the known false negatives vs at random): "
+        out.append(f"- Control, {name} (the same number of negatives dropped per row, the variant's choice vs at random): "
                    f"{ci}, paired t p {fmt_p(p['t_p'])}, Wilcoxon p {fmt_p(p['wilcoxon_p'])}: "
                    + ("resolved." if p["resolved"] else "not resolved."))
     return out

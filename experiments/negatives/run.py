@@ -35,7 +35,7 @@ from experiments.negatives.datasets import DATASETS, Dataset
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 RECIPES = HERE / "recipes"
-VARIANTS = ("default", "oracle_remove", "oracle_relabel", "random_remove", "percpos", "rlhn", "arhn", "clear")
+VARIANTS = ("default", "oracle_remove", "oracle_relabel", "random_remove", "percpos", "random_percpos", "rlhn", "arhn", "clear")
 # each judged recipe's judge stages (what --judges replaces)
 STAGES = {"rlhn": ("stage1",), "arhn": ("arhn_extract", "arhn_rank"), "clear": ("stage1",)}
 
@@ -205,7 +205,8 @@ def train(s: Settings, variant: str, dataset: Path, seed: int, timings: dict, re
     return metrics, json.loads((out / "eval_per_query.json").read_text())["queries"]
 
 
-CONTROLS = (("oracle_remove", "random_remove"),)  # (variant, its control): picking the right negatives vs as many at random
+# (variant, its control): picking the right negatives vs as many at random
+CONTROLS = (("oracle_remove", "random_remove"), ("percpos", "random_percpos"))
 
 
 def paired_table(per_query: dict[str, list[dict]]) -> dict[str, dict]:
@@ -286,6 +287,11 @@ def main_run(s: Settings) -> Path:
         info[v]["judge_answers"] = judge_answers(rep)
         agree[v] = agreement(s, folder, config, judged_labels[v] if judged_method else labels_train)
         agree[v]["config"] = config
+    if "random_percpos" in s.variants and "percpos" in sets:  # as many dropped per row as PercPos dropped, at random
+        kept = {r["query_id"]: len(r["negative_passages"]) for r in sets["percpos"]}
+        sets["random_percpos"] = [variants.random_remove_row(r, docs, s.prefix, s.mine_seed,
+                                                             k=len(r.negatives) - kept.get(f"{s.prefix}-{r.query_id}", 0))
+                                  for r in rows]
     files = {v: mine.write_jsonl(s.out / "train" / f"{v}.jsonl", sets[v]) for v in s.variants}
 
     base, base_per_query = base_model(s, timings)

@@ -7,6 +7,8 @@
 - ``random_remove``: the control for ``oracle_remove``: as many negatives dropped from each row as it holds known
   false negatives, but drawn at random among its negatives (seeded per query). Fewer hard negatives alone also
   move the model; the gap between the two is what picking the right ones is worth.
+- ``random_percpos``: the same control for ``percpos``: each row loses as many negatives as the PercPos build
+  dropped from it, drawn at random.
 - ``percpos``: the ``percpos`` config of the TopK-PercPos build over all training rows.
 - ``rlhn`` / ``arhn`` / ``clear``: the judged rows as the method's config has them (``rlhn``, ``arhn_rf``,
   ``clear_threshold``), every other row as in ``default``; a judged row the method's config lacks (unjudged,
@@ -34,9 +36,9 @@ def oracle_row(row: MinedRow, docs: dict[str, dict], prefix: str, relabel: bool 
     return tevatron_row(row, docs, prefix, positives=row.positives + (fns if relabel else []), negatives=kept)
 
 
-def random_remove_row(row: MinedRow, docs: dict[str, dict], prefix: str, seed: int) -> dict:
-    """The row with ``len(row.false_negatives)`` of its negatives dropped at random (order kept)."""
-    k = len(row.false_negatives)
+def random_remove_row(row: MinedRow, docs: dict[str, dict], prefix: str, seed: int, k: int | None = None) -> dict:
+    """The row with ``k`` (default: ``len(row.false_negatives)``) of its negatives dropped at random (order kept)."""
+    k = len(row.false_negatives) if k is None else min(k, len(row.negatives))
     dropped = set(random.Random(f"{seed}:{row.query_id}").sample(row.negatives, k))
     return tevatron_row(row, docs, prefix, negatives=[d for d in row.negatives if d not in dropped])
 

@@ -53,7 +53,7 @@ def test_quick_mode_writes_the_table_and_plot(tmp_path, tgi_stand_in):
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     raw = json.loads((out / "results.json").read_text())
-    assert set(raw["metrics"]) == {"base", "default", "oracle_remove", "oracle_relabel", "random_remove", "percpos", "rlhn", "arhn", "clear"}
+    assert set(raw["metrics"]) == {"base", "default", "oracle_remove", "oracle_relabel", "random_remove", "percpos", "random_percpos", "rlhn", "arhn", "clear"}
     for variant, runs in raw["metrics"].items():
         assert len(runs) == 1 and 0 < runs[0]["ndcg@10"] <= 1, variant
     counts, facts = raw["counts"], raw["facts"]
@@ -63,8 +63,9 @@ def test_quick_mode_writes_the_table_and_plot(tmp_path, tgi_stand_in):
     assert counts["oracle_relabel"]["negatives"] == counts["default"]["negatives"] - facts["known_fn_train"]
     assert counts["oracle_remove"]["positives"] == counts["default"]["positives"]
     assert counts["oracle_remove"]["negatives"] == counts["oracle_relabel"]["negatives"] == counts["random_remove"]["negatives"]
+    assert counts["random_percpos"]["negatives"] == counts["percpos"]["negatives"]
     # every variant has its paired test against default over the same test queries
-    assert set(raw["paired"]) == {"base", "oracle_remove", "oracle_relabel", "random_remove", "percpos", "rlhn", "arhn", "clear"}
+    assert set(raw["paired"]) == {"base", "oracle_remove", "oracle_relabel", "random_remove", "percpos", "random_percpos", "rlhn", "arhn", "clear"}
     assert all(p["queries"] == facts["test_queries"] for p in raw["paired"].values())
     # the judges were the stand-in, and they were asked about the judged rows
     assert server.requests and facts["judges"] == str(judges)

@@ -70,6 +70,6 @@ def test_control_lines_pair_a_variant_with_its_control():
     from experiments.negatives.report import control_lines
 
     lines = control_lines({"controls": {"oracle_remove − random_remove": pair(0.009, 0.005, 0.013, True)}})
-    assert lines == ["- Control, oracle_remove − random_remove (the same number of negatives dropped, the known false "
-                     "negatives vs at random): +0.0090, CI [+0.0050, +0.0130], paired t p 0.0100, Wilcoxon p < 0.0001: resolved."]
+    assert lines == ["- Control, oracle_remove − random_remove (the same number of negatives dropped per row, the "
+                     "variant's choice vs at random): +0.0090, CI [+0.0050, +0.0130], paired t p 0.0100, Wilcoxon p < 0.0001: resolved."]
     assert control_lines({}) == []
